@@ -82,3 +82,33 @@ def cardlib_kernel():
         subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", "cardlib"],
                        check=True, capture_output=True)
     return "cardlib"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Downloaded weights, bundles and remote-store MLflow files go to a temp cache, not the user's."""
+    old = os.environ.get("CARDLIB_CACHE_DIR")
+    os.environ["CARDLIB_CACHE_DIR"] = str(tmp_path_factory.mktemp("cardlib-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CARDLIB_CACHE_DIR", None)
+    else:
+        os.environ["CARDLIB_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's headless Chromium; installed with apt-get when missing (as the CI machine runs as root)."""
+    import shutil
+    import subprocess
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, env=env, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, capture_output=True, env=env,
+                       timeout=900)
+        path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("Chromium is needed to check the rendered report and could not be installed")
+    return path

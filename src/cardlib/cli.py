@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from cardlib.params import ParamsError, load_params
+from cardlib.recognize_cli import add_commands
 
 
 def _params(args) -> "object":
@@ -95,12 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_params_args(v)
     v.set_defaults(func=cmd_verify)
 
-    for extra in ("cardlib.recognize_cli", "cardlib.hailo_cli"):
-        try:
-            __import__(extra, fromlist=["add_commands"]).add_commands(sub)
-        except ModuleNotFoundError as e:
-            if e.name != extra:
-                raise
+    add_commands(sub)
     return ap
 
 

@@ -117,6 +117,7 @@ class DistillParams(_Section):
 class ExportParams(_Section):
     opset: int = Field(13, ge=11, le=17)  # Hailo's DFC takes 13
     export_teacher: bool = False
+    teacher_opset: int = Field(17, ge=14, le=17)  # ViT attention needs >= 14; the teacher never goes to Hailo
     parity_max_abs: float = Field(1e-3, gt=0.0)
     parity_min_cos: float = Field(0.9999, gt=0.0, le=1.0)
     simplify: bool = True
@@ -138,6 +139,8 @@ class GateParams(_Section):
 
 class EvalParams(_Section):
     top_k: int = Field(5, ge=1, le=100)
+    shortlist_k: int = Field(20, ge=1, le=1000)  # candidates per signal that the fusion re-ranks
+    unknown_target_precision: float = Field(0.9, gt=0.0, le=1.0)  # the open-set threshold is fitted to this
     gallery_sizes: list[int] = Field(default_factory=lambda: [250, 1000, 4000])
     failure_examples: int = Field(12, ge=0, le=200)
     gates: GateParams = Field(default_factory=GateParams)

@@ -41,6 +41,21 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
+def git_commit(cwd: str | Path = ".") -> str:
+    """The checkout's commit (with '-dirty' when it has local changes), or 'unknown' outside git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def read_json(path: Path) -> Optional[dict]:
     try:
         return json.loads(Path(path).read_text())
@@ -168,6 +183,7 @@ class StageContext:
         self.layout = Layout.from_params(self.params)
         self._store: Optional[Store] = None
         self._outputs: dict[str, dict] = {}
+        self.model: Optional[dict] = None  # lineage record of the model this stage made, if any
         self._t0, self._cpu0, self.started_at = time.time(), time.process_time(), utcnow()
 
     @classmethod
@@ -208,6 +224,11 @@ class StageContext:
         self._outputs[name] = rec
         return rec
 
+    def alias_output(self, name: str, existing: str) -> dict:
+        """Record an already-recorded output under a second name (e.g. a model's weights as `student_model`)."""
+        self._outputs[name] = self._outputs[existing]
+        return self._outputs[name]
+
     def finish(self, metrics: Optional[dict] = None, model: Optional[dict] = None,
                cost: Optional[dict] = None) -> dict:
         cpu = time.process_time() - self._cpu0
@@ -216,7 +237,7 @@ class StageContext:
             "inputs_hash": self.inputs_hash, "started_at": self.started_at, "finished_at": utcnow(),
             "wall_seconds": round(time.time() - self._t0, 3), "cpu_seconds": round(cpu, 3),
             "outputs": self._outputs, "metrics": metrics or {},
-            "model": model, "cost": cost or {"backend": "local", "compute_seconds": round(cpu, 3), "usd": 0.0},
+            "model": model if model is not None else self.model, "cost": cost or {"backend": "local", "compute_seconds": round(cpu, 3), "usd": 0.0},
         }
         self.run.write_stage(self.stage, record)
         return record

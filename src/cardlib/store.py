@@ -367,6 +367,13 @@ def store_from_params(params) -> Store:
                       multipart_chunksize_mb=s.multipart_chunksize_mb, max_concurrency=s.max_concurrency)
 
 
+def cache_dir(*parts: str) -> Path:
+    """cardlib's local cache (downloaded weights, bundles, MLflow for remote stores): $CARDLIB_CACHE_DIR or
+    ~/.cache/cardlib."""
+    root = Path(os.environ.get("CARDLIB_CACHE_DIR") or Path.home() / ".cache" / "cardlib")
+    return root.joinpath(*parts)
+
+
 def materialize(uri: str, cache_dir: str | Path, region: Optional[str] = None) -> Path:
     """A local path for a file/folder URI: local paths as they are; s3:// objects or prefixes downloaded."""
     if not uri.startswith("s3://"):

@@ -10,8 +10,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from cardlib.store import CHUNK, ObjectInfo, Store, StoreError, StoreRegionError, atomic_write_bytes, \
-    parse_s3_uri, sha256_file, validate_key
+from cardlib.store import CHUNK, ObjectInfo, Store, StoreError, StoreRegionError, parse_s3_uri, sha256_file, validate_key
 
 _MARKER = ".keep"  # S3 has no folders; an empty marker object makes one visible and listable
 

@@ -13,15 +13,17 @@ RUN_ID_TAG = "cardlib.run_id"
 
 
 def tracking_uri(params, store) -> str:
-    """params.tracking.uri, else a sqlite file beside a local store (or in the working dir for S3)."""
+    """params.tracking.uri, else a sqlite file beside a local store (in cardlib's cache for a remote store)."""
     if params.tracking.uri:
         return params.tracking.uri
-    from cardlib.store import LocalStore
+    import hashlib
+
+    from cardlib.store import LocalStore, cache_dir
 
     if isinstance(store, LocalStore):
         db = store.root.parent / f"{store.root.name}-mlflow.db"
     else:
-        db = Path("mlruns-cache") / "mlflow.db"
+        db = cache_dir("mlflow", f"{hashlib.sha256(store.uri.encode()).hexdigest()[:12]}.db")
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db.resolve().as_posix()}"
 

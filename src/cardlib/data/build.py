@@ -1,0 +1,174 @@
+"""The data stage: catalogue → splits → simulated photos → card crops (through find_card) → manifest."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from cardlib.data.camera import simulate_crop, simulate_photo
+from cardlib.data.catalogue import Catalogue, scans_catalogue, scans_catalogue_from_store, synthetic_catalogue
+from cardlib.data.render import stable_seed
+from cardlib.data.splits import Splits, make_splits, photo_plan
+from cardlib.store import atomic_write_text
+
+MANIFEST, CATALOGUE, SPLITS = "manifest.jsonl", "catalogue.json", "splits.json"
+
+
+@dataclass
+class DataBuild:
+    """What the data stage made: where, how many, and what was excluded (and why)."""
+
+    root: Path
+    catalogue: Catalogue
+    splits: Splits
+    rows: list[dict]
+    excluded: list[tuple[str, str]] = field(default_factory=list)
+
+    def counts(self) -> dict:
+        by = Counter((r["split"], "novel" if r["novel"] else "seen") for r in self.rows)
+        return {f"{s}_{n}": c for (s, n), c in sorted(by.items())}
+
+    def found_rate(self) -> Optional[float]:
+        rows = [r for r in self.rows if r.get("found") is not None]
+        return sum(r["found"] for r in rows) / len(rows) if rows else None
+
+
+def load_catalogue(params, store=None, cache_dir: Optional[Path] = None) -> Catalogue:
+    d = params.data
+    size = tuple(d.card_size)
+    if d.source == "synthetic":
+        return synthetic_catalogue(d.n_cards, d.n_sets, d.reprint_fraction, d.variant_fraction, params.run.seed,
+                                   card_size=size)
+    if d.scans_dir.startswith("s3://"):
+        from cardlib.store import open_store, parse_s3_uri
+
+        bucket, prefix = parse_s3_uri(d.scans_dir)
+        src = open_store(f"s3://{bucket}", params.store.region)
+        return scans_catalogue_from_store(src, prefix, cache_dir or Path("scans-cache"), d.metadata_dir,
+                                          card_size=size)
+    return scans_catalogue(d.scans_dir, d.metadata_dir, card_size=size)
+
+
+def _rel(p: Path, root: Path) -> str:
+    return p.relative_to(root).as_posix()
+
+
+def _save_rgb(path: Path, img: np.ndarray, quality: int = 92) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix == ".jpg" else []
+    if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params):
+        raise OSError(f"could not write {path}")
+
+
+def _neighbours(catalogue: Catalogue, card_id: str, rng: np.random.Generator, k: int) -> list[np.ndarray]:
+    others = [c for c in catalogue.ids if c != card_id]
+    if not others or k == 0:
+        return []
+    return [catalogue.image(c) for c in rng.choice(others, size=min(k, len(others)), replace=False)]
+
+
+def make_crop(photo, input_size: tuple[int, int], mode: str, seed: int, difficulty: float, ref: np.ndarray,
+              holo: bool) -> tuple[np.ndarray, dict]:
+    """The crop every model and baseline sees: find_card on the photo, or a simulated finder crop."""
+    if mode == "simulated":
+        crop, factors = simulate_crop(ref, seed, input_size, difficulty, holo=holo)
+        return crop, {"found": True, "factors": factors}
+    from cardlib.find_card import corner_error, find_card, quad_iou
+
+    cands = find_card(photo.image, out_size=input_size, max_cards=1)
+    if not cands:  # recognition falls back to the whole photo; evaluation does exactly the same
+        crop = cv2.resize(photo.image, (input_size[1], input_size[0]), interpolation=cv2.INTER_AREA)
+        return crop, {"found": False, "iou": 0.0, "corner_error": None, "confidence": 0.0}
+    c = cands[0]
+    err = float(corner_error(c.corners, photo.corners))
+    return c.crop, {"found": True, "iou": round(float(quad_iou(c.corners, photo.corners, photo.image.shape[:2])), 4),
+                    "corner_error": round(err, 5),
+                    "orientation_ok": bool(corner_error(c.corners, photo.corners, orientation_agnostic=False) <= err + 1e-9),
+                    "confidence": round(float(c.confidence), 4), "upright": c.upright,
+                    "corners_found": np.round(c.corners, 2).tolist()}
+
+
+def build_dataset(params, out_dir: str | Path, store=None, limit_workers: bool = True) -> DataBuild:
+    """Make references, photos, crops and the manifest under out_dir; corrupt scans are excluded and listed."""
+    d, seed = params.data, params.run.seed
+    root = Path(out_dir)
+    catalogue = load_catalogue(params, store, root / "scans-cache")
+    excluded = catalogue.check_images()
+    if excluded:
+        catalogue = catalogue.drop([cid for cid, _ in excluded])
+    if len(catalogue) < 2:
+        raise ValueError(f"the catalogue has {len(catalogue)} usable card(s); at least 2 are needed")
+    splits = make_splits(catalogue, d.novel_fraction, seed)
+    plan = photo_plan(splits, d.photos_train, d.photos_val, d.photos_test, seed)
+    input_size = tuple(d.input_size)
+
+    refs = {}
+    for cid in tqdm(catalogue.ids, desc="references", disable=None):
+        refs[cid] = catalogue.image(cid)
+        _save_rgb(root / "references" / f"{cid}.png", refs[cid])
+    rows = []
+    for row in tqdm(plan, desc="photos", disable=None):
+        card = catalogue.by_id(row["card_id"])
+        rng = np.random.default_rng(row["seed"])
+        holo = card.variant != "normal"
+        neighbours = _neighbours(catalogue, card.card_id, rng, int(rng.integers(0, 3))) if rng.random() < 0.2 else []
+        photo = simulate_photo(refs[card.card_id], row["seed"], tuple(d.photo_size), d.difficulty,
+                               neighbours=neighbours, holo=holo)
+        crop, found = make_crop(photo, input_size, d.crops, stable_seed("crop", row["seed"]), d.difficulty,
+                                refs[card.card_id], holo)
+        crop_path = root / "crops" / f"{row['photo_id']}.png"
+        _save_rgb(crop_path, crop)
+        rec = {**row, "crop": _rel(crop_path, root), "factors": found.pop("factors", photo.factors),
+               "corners": np.round(photo.corners, 2).tolist(), **found}
+        if row["split"] != "train":  # whole photos kept for evaluation, failure galleries and recognize tests
+            photo_path = root / "photos" / f"{row['photo_id']}.jpg"
+            _save_rgb(photo_path, photo.image)
+            rec["photo"] = _rel(photo_path, root)
+        rows.append(rec)
+
+    catalogue.save_json(root / CATALOGUE)
+    atomic_write_text(root / SPLITS, json.dumps(splits.to_dict(), indent=1))
+    atomic_write_text(root / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    return DataBuild(root, catalogue, splits, rows, excluded)
+
+
+def load_manifest(root: str | Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(root) / MANIFEST).read_text().splitlines() if line.strip()]
+
+
+def rows_for(rows: list[dict], split: str, novel: Optional[bool] = None) -> list[dict]:
+    return [r for r in rows if r["split"] == split and (novel is None or r["novel"] == novel)]
+
+
+FINDER_SLICES = ("upside_down", "sleeve", "blur", "occlusion", "glare", "angle_deg", "background")
+
+
+def finder_quality(rows: list[dict], iou_min: float = 0.9) -> Optional[dict]:
+    """Found rate (IoU ≥ iou_min with the true quad), corner error and orientation accuracy, overall and by factor."""
+    from cardlib.evaluate import bucket
+
+    rows = [r for r in rows if "iou" in r]
+    if not rows:
+        return None
+
+    def score(rs: list[dict]) -> dict:
+        errs = [r["corner_error"] for r in rs if r.get("corner_error") is not None]
+        orient = [r["orientation_ok"] for r in rs if r.get("iou", 0) >= iou_min]
+        return {"n": len(rs), "found_rate": round(sum(r["iou"] >= iou_min for r in rs) / len(rs), 4),
+                "detected_rate": round(sum(bool(r["found"]) for r in rs) / len(rs), 4),
+                "mean_corner_error": round(float(np.mean(errs)), 5) if errs else None,
+                "orientation_accuracy": round(float(np.mean(orient)), 4) if orient else None}
+
+    by_factor = {}
+    for name in FINDER_SLICES:
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(f"{name}={bucket(name, r['factors'].get(name))}", []).append(r)
+        by_factor.update({k: score(v) for k, v in sorted(groups.items())})
+    return {"overall": score(rows), "by_factor": by_factor}

@@ -1,0 +1,1 @@
+"""Models: the DINOv3 teacher (and, from the distillation stage, the student)."""

@@ -1,0 +1,1 @@
+"""Training machinery shared by the teacher and the distillation stages."""

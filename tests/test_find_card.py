@@ -1,0 +1,184 @@
+"""find_card on synthetic photos with known corners: the card is drawn and warped into a textured background here."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from cardlib.find_card import (both_orientations, corner_error, find_card, guess_upright, order_geometric, quad_iou,
+                               rectify)
+
+H, W = 480, 640
+
+
+def card_image(seed: int, h: int = 350, w: int = 250) -> np.ndarray:
+    """A card-like picture: plain border, coloured frame, name bar, textured artwork, lines of 'text' below."""
+    rng = np.random.default_rng(seed)
+    card = np.empty((h, w, 3), np.uint8)
+    card[:] = (236, 204, 70) if seed % 2 else (210, 212, 218)
+    b = int(0.045 * w)
+    cv2.rectangle(card, (b, b), (w - b - 1, h - b - 1), tuple(int(v) for v in rng.integers(90, 220, 3)), -1)
+    cv2.rectangle(card, (2 * b, int(0.035 * h)), (int(0.6 * w), int(0.085 * h)), (25, 25, 25), -1)
+    art = cv2.resize(rng.integers(0, 255, (6, 8, 3)).astype(np.uint8), (w - 4 * b, int(0.38 * h)),
+                     interpolation=cv2.INTER_CUBIC)
+    card[int(0.11 * h):int(0.11 * h) + art.shape[0], 2 * b:2 * b + art.shape[1]] = art
+    for y in range(int(0.56 * h), int(0.8 * h), 12):
+        x = 2 * b
+        while x < w - 3 * b:
+            step = int(rng.integers(8, 24))
+            cv2.rectangle(card, (x, y), (min(x + step, w - 3 * b), y + 3), (30, 30, 30), -1)
+            x += step + 5
+    return card
+
+
+def background(seed: int) -> np.ndarray:
+    """A textured table: smooth colour blotches plus fine grain."""
+    rng = np.random.default_rng(seed + 1000)
+    blotch = cv2.resize(rng.integers(30, 200, (6, 8, 3)).astype(np.float32), (W, H), interpolation=cv2.INTER_CUBIC)
+    return np.clip(blotch + rng.normal(0, 10, (H, W, 3)), 0, 255).astype(np.uint8)
+
+
+def card_quad(cx, cy, height, rot_deg=0.0, tilt_deg=0.0) -> np.ndarray:
+    """Printed TL,TR,BR,BL of a card centred at (cx, cy), turned in-plane, then tilted away (top farther) in 3D."""
+    w = height * 5 / 7
+    q = np.array([[-w / 2, -height / 2], [w / 2, -height / 2], [w / 2, height / 2], [-w / 2, height / 2]])
+    t = np.deg2rad(tilt_deg)
+    z = -q[:, 1] * np.sin(t)  # the top edge moves away from the camera
+    dist = 2.5 * height  # a pinhole camera 2.5 card heights away
+    q = np.stack([q[:, 0], q[:, 1] * np.cos(t)], axis=1) * (dist / (dist + z))[:, None]
+    a = np.deg2rad(rot_deg)
+    q = q @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    return (q + [cx, cy]).astype(np.float32)
+
+
+def paste(img: np.ndarray, card: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    h, w = card.shape[:2]
+    m = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]) - 0.5, quad)
+    warped = cv2.warpPerspective(card, m, (img.shape[1], img.shape[0]))
+    mask = cv2.warpPerspective(np.full((h, w), 255, np.uint8), m, (img.shape[1], img.shape[0]))
+    return np.where(mask[..., None] > 127, warped, img)
+
+
+def photo(seed: int, quad: np.ndarray, card_seed: int = 0) -> np.ndarray:
+    return paste(background(seed), card_image(card_seed), quad)
+
+
+def best(found, quad) -> float:
+    return max((quad_iou(c.corners, quad) for c in found), default=0.0)
+
+
+@pytest.mark.parametrize("seed,quad", [
+    (1, card_quad(320, 240, 300)),
+    (2, card_quad(250, 250, 260, rot_deg=12)),
+    (3, card_quad(360, 240, 360, rot_deg=-8, tilt_deg=30)),
+])
+def test_finds_card_and_rectifies_it(seed, quad):
+    found = find_card(photo(seed, quad, card_seed=seed))
+    assert len(found) == 1
+    c = found[0]
+    assert quad_iou(c.corners, quad) >= 0.9
+    assert corner_error(c.corners, quad) < 0.02
+    assert c.crop.shape == (160, 112, 3) and c.crop.dtype == np.uint8
+    assert 0.5 <= c.confidence <= 1.0
+    # the crop is the card: its border colour along the edges, not the table
+    border = np.asarray(card_image(seed)[2, 125], np.float32)
+    assert np.abs(c.crop[3, 20:-20].astype(np.float32).mean(0) - border).max() < 40
+
+
+def test_upside_down_card_corners_and_reported_orientation():
+    quad = card_quad(320, 240, 300, rot_deg=180)  # printed TL now at the photo's bottom right
+    c = find_card(photo(4, quad, card_seed=3))[0]
+    assert quad_iou(c.corners, quad) >= 0.9
+    reading = corner_error(c.corners, quad, orientation_agnostic=False) < 0.05
+    if c.upright is None:  # geometric order: TL is the photo's top-left corner, i.e. the printed BR
+        assert not reading
+    else:  # orientation decided: corners and crop are in reading order iff the decision was right
+        assert reading == (c.upright is False)
+
+
+def test_inner_card_is_found_not_its_sleeve():
+    quad = card_quad(320, 240, 300, rot_deg=6)
+    c = quad.mean(0)
+    sleeve = c + (quad - c) * np.array([1.07, 1.05])
+    img = background(5).astype(np.float32)
+    mask = np.zeros((H, W), np.uint8)
+    cv2.fillPoly(mask, [np.round(sleeve).astype(np.int32)], 1)
+    img[mask > 0] = img[mask > 0] * 0.85 + np.array([235, 238, 242]) * 0.15  # clear plastic lightens a little
+    img = img.astype(np.uint8)
+    cv2.polylines(img, [np.round(sleeve).astype(np.int32)], True, (250, 250, 250), 1, cv2.LINE_AA)
+    found = find_card(paste(img, card_image(5), quad))
+    assert found and quad_iou(found[0].corners, quad) >= 0.9
+    assert quad_iou(found[0].corners, quad) > quad_iou(found[0].corners, sleeve)
+
+
+def test_small_card():
+    quad = card_quad(450, 150, 0.2 * H, rot_deg=10)
+    found = find_card(photo(6, quad, card_seed=6))
+    assert found and quad_iou(found[0].corners, quad) >= 0.9
+
+
+def test_no_card_returns_empty():
+    assert find_card(background(7)) == []
+    assert find_card(np.full((H, W, 3), 128, np.uint8)) == []
+
+
+def test_two_cards_with_max_cards():
+    q1, q2 = card_quad(170, 240, 280, rot_deg=5), card_quad(470, 250, 280, rot_deg=-7)
+    img = paste(photo(8, q1, card_seed=1), card_image(2), q2)
+    found = find_card(img, max_cards=2)
+    assert len(found) == 2
+    assert best(found, q1) >= 0.9 and best(found, q2) >= 0.9
+    assert len(find_card(img, max_cards=1)) == 1
+
+
+def test_exif_rotated_jpeg_path(tmp_path):
+    quad = card_quad(320, 240, 300, rot_deg=90)  # the sensor saw the card on its side
+    stored = photo(9, quad, card_seed=1)
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    shown = np.rot90(stored, k=-1)  # what exif_transpose shows: (W, H)
+    # a point (x, y) of the stored image lands at (H - 1 - y, x) after a 90-degree clockwise turn
+    shown_quad = np.stack([H - 1 - quad[:, 1], quad[:, 0]], axis=1)
+    found = find_card(path)
+    assert found and quad_iou(found[0].corners, shown_quad) >= 0.9
+    assert found[0].corners[:, 1].max() <= shown.shape[0] and found[0].corners[:, 0].max() <= shown.shape[1]
+    assert find_card(Image.open(path))[0].corners == pytest.approx(found[0].corners, abs=0.5)
+
+
+def test_rectify_landscape_quad_turns_to_portrait():
+    quad = card_quad(320, 240, 300, rot_deg=90)
+    img = photo(10, quad, card_seed=0)
+    crop = rectify(img, order_geometric(quad))
+    assert crop.shape == (160, 112, 3)
+    ref = cv2.resize(card_image(0), (112, 160), interpolation=cv2.INTER_AREA).astype(np.float32)
+    turned = np.abs(crop.astype(np.float32) - ref).mean(), np.abs(crop[::-1, ::-1].astype(np.float32) - ref).mean()
+    assert min(turned) < 25  # it is the card, upright or turned by 180 degrees
+
+
+def test_metrics_and_orientation_helpers():
+    q = card_quad(320, 240, 300)
+    assert quad_iou(q, q) == pytest.approx(1.0)
+    assert quad_iou(q, q + [1000, 0]) == 0.0
+    assert corner_error(q, q) == 0.0
+    assert corner_error(np.roll(q, 2, axis=0), q) == 0.0
+    assert corner_error(np.roll(q, 2, axis=0), q, orientation_agnostic=False) > 0.5
+    a, b = both_orientations(card_image(1))
+    assert np.array_equal(b[::-1, ::-1], a)
+    crop = cv2.resize(card_image(1), (112, 160), interpolation=cv2.INTER_AREA)
+    up, conf = guess_upright(crop)
+    down, _ = guess_upright(crop[::-1, ::-1])
+    assert up is True and down is False and 0.5 <= conf <= 1.0
+
+
+def test_bad_input_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        find_card(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError):
+        find_card(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError):
+        find_card(np.zeros((100, 100, 3), np.float32))
+    with pytest.raises(ValueError):
+        find_card(np.zeros((100, 100, 3), np.uint8), max_cards=0)
