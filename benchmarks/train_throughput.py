@@ -18,7 +18,9 @@ from typing import Callable
 
 import torch
 
+from cardlib.models.student import build_student
 from cardlib.models.teacher import build_teacher
+from cardlib.train.distill import Stage1Objective, Stage2Objective, stage1_step, stage2_step
 from cardlib.train.loop import TrainConfig, fit
 from cardlib.train.teacher import PairObjective, pair_step
 
@@ -37,8 +39,30 @@ def teacher_factory(preset: str) -> Factory:
     return make
 
 
+def student_factory(stage: str) -> Factory:
+    """EfficientNet-Lite0 student: stage 1 (photos + cached teacher embeddings), stage 2 (photo/reference pairs)."""
+    def make(size: tuple[int, int]):
+        student = build_student(256)
+        if stage == "stage1":
+            model = Stage1Objective(student, 1.0, 1.0, 2.0)
+
+            def make_batch(bs: int):
+                t = torch.nn.functional.normalize(torch.randn(bs, 256), dim=1)
+                return torch.randn(bs, 3, *size), t, torch.arange(bs)
+            return model, stage1_step, make_batch
+        model = Stage2Objective(student, 1.0, 1.0, 1.0, 2.0)
+
+        def make_batch2(bs: int):
+            t = torch.nn.functional.normalize(torch.randn(bs, 256), dim=1)
+            return torch.randn(bs, 3, *size), torch.randn(bs, 3, *size), t, torch.arange(bs)
+        return model, stage2_step, make_batch2
+    return make
+
+
 MODELS: dict[str, Factory] = {"dinov3-tiny": teacher_factory("dinov3-tiny"),
-                              "dinov3-small": teacher_factory("dinov3-small")}
+                              "dinov3-small": teacher_factory("dinov3-small"),
+                              "student-stage1": student_factory("stage1"),
+                              "student-stage2": student_factory("stage2")}
 
 
 def _images(batch) -> int:

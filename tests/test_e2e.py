@@ -57,6 +57,16 @@ def test_smoke_pipeline_on_a_local_store(local_run, capsys):
     assert main(["verify", "--store", str(tmp / "store"), "-p", SMOKE]) == 0
     assert "every check passed" in capsys.readouterr().out
     assert (tmp / "reports" / run_id / "index.html").is_file() and (tmp / "reports" / "index.html").is_file()
+    run_dir = tmp / "runs" / run_id
+    lineage = {}
+    for stage, output in (("01_teacher_training", "teacher_model"), ("02_distill_stage1", "student_model"),
+                          ("03_distill_stage2", "student_model")):
+        rec = json.loads((run_dir / stage / "stage.json").read_text())
+        out = rec["outputs"][output]
+        assert len(out["sha256"]) == 64 and out["uri"] and store.sha256(store.key_for(out["uri"])) == out["sha256"]
+        assert rec["cost"]["backend"] == "local" and rec["wall_seconds"] > 0
+        lineage[rec["model"]["id"]] = rec["model"]["parent"]
+    assert lineage == {"teacher": None, "student_stage1": "teacher", "student_stage2": "student_stage1"}
 
 
 def test_recognize_with_the_published_bundle(local_run, capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -13,8 +14,18 @@ def _params(args) -> "object":
     return load_params(args.params, args.set)
 
 
+_PAPERMILL_CHATTER = ("Executing Cell", "Ending Cell", "Working directory", "Input Notebook", "Output Notebook",
+                      "Executing notebook", "Executing:")
+
+
 def cmd_run(args) -> int:
     from cardlib.pipeline import RunSetupError, StageFailed, run_pipeline
+
+    # the notebooks' own output (tqdm bars of epochs and steps, prints) reaches the terminal through papermill's logger
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    papermill_log = logging.getLogger("papermill")
+    papermill_log.setLevel(logging.INFO)
+    papermill_log.addFilter(lambda r: not str(r.msg).startswith(_PAPERMILL_CHATTER))
 
     if args.resume and not args.params:
         params = load_params(Path(args.runs_dir) / args.resume / "params.yaml", args.set)

@@ -9,9 +9,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from cardlib.find_card_band import border_band, plastic_edge
+
 CARD_ASPECT = 5 / 7  # width / height of a trading card (63 x 88 mm)
 WORK_SIDE = 640  # long side of the working copy: detection cost stays flat whatever the camera resolution
 MIN_CONFIDENCE = 0.45  # below this a candidate is texture, not a card (tuned on card-free photos)
+OUTWARD_TRIES = 12  # best candidates also tried one printed border wider
+BORDER_FRAC = 0.08  # a card's plain border is ~4 % of its width on each side: 8 % on the full width
 UPRIGHT_MIN_CONFIDENCE = 0.75  # below this find_card reports orientation as unknown
 
 PhotoLike = Union[np.ndarray, Image.Image, str, Path]
@@ -453,8 +457,11 @@ def _select(cands: list, rgb: np.ndarray, max_cards: int) -> list:
         nested = [j for j in range(len(kept)) if j != i and alive[j] and areas[j] < 0.98 * areas[i]
                   and _inside(kept[j][0], outer) > 0.9]
         cards = [j for j in nested if kept[j][1] >= MIN_CONFIDENCE and _same_orientation(kept[j][0], outer)
-                 and 0.08 < areas[j] / areas[i] < 0.5]
-        disjoint = [j for j in cards if all(quad_iou(kept[j][0], kept[k][0]) < 0.1 for k in cards if k != j)]
+                 and 0.08 < areas[j] / areas[i] < 0.62]  # two cards side by side look 5:7 together too
+        disjoint = []
+        for j in sorted(cards, key=lambda j: -kept[j][1]):  # a card's own printed frame must not hide it
+            if all(quad_iou(kept[j][0], kept[k][0]) < 0.1 and _inside(kept[j][0], kept[k][0]) < 0.5 for k in disjoint):
+                disjoint.append(j)
         if len(disjoint) >= 2 and sum(areas[j] for j in disjoint) > 0.4 * areas[i]:
             alive[i] = False  # a binder page or a pile: the cards inside are the answer
             continue
@@ -463,10 +470,10 @@ def _select(cands: list, rgb: np.ndarray, max_cards: int) -> list:
         top = max(kept[k][1] for k in chain)
         strong = sorted((k for k in chain if kept[k][1] >= 0.6 * top), key=lambda k: -areas[k])
         best = strong[-1]
-        for k in strong:  # the outermost well-supported outline, unless it is clear plastic around another one
-            ratios = {j: areas[j] / areas[k] for j in strong if areas[j] < areas[k]}
-            inner = [j for j, r in ratios.items() if 0.885 <= r < 0.96 or 0.6 <= r <= 0.8]
-            if not any(_is_sleeve(rgb, kept[k][0], kept[j][0]) for j in inner):
+        for k in strong:  # the outermost well-supported outline, unless the table shows through just inside it
+            held = [j for j in strong if 0.6 <= areas[j] / areas[k] <= 0.8 or (
+                0.885 <= areas[j] / areas[k] < 0.96 and border_band(rgb, kept[j][0]))]  # toploader, sleeve
+            if not plastic_edge(rgb, kept[k][0]) and not any(_is_sleeve(rgb, kept[k][0], kept[j][0]) for j in held):
                 best = k
                 break
         for j in chain:
@@ -515,6 +522,12 @@ def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0
     quads, support, strength = _fit_sides(img, quads, radius=3, grads=grads)
     focal = 1.0 * max(sh, sw)  # a phone's main camera: ~70 degree diagonal field of view
     scores = _scores(quads, support, strength, focal, np.array([sw / 2, sh / 2]))
+    # the printed inner frame is often the stronger edge 3-5 % inside the card's cut edge: offer the cut edge too
+    top = np.argsort(-scores)[:OUTWARD_TRIES]
+    c = quads[top].mean(1, keepdims=True)
+    wider, sup2, str2 = _fit_sides(img, c + (quads[top] - c) * (1 + BORDER_FRAC), radius=3, grads=grads)
+    quads = np.concatenate([quads, wider])
+    scores = np.concatenate([scores, _scores(wider, sup2, str2, focal, np.array([sw / 2, sh / 2]))])
     long_side = _sides(quads).max(1)
     keep = np.nonzero((scores >= 0.3) & (long_side >= min_long))[0]
     keep = keep[np.argsort(-scores[keep])][:40]

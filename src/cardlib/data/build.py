@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -66,11 +69,11 @@ def _save_rgb(path: Path, img: np.ndarray, quality: int = 92) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _neighbours(catalogue: Catalogue, card_id: str, rng: np.random.Generator, k: int) -> list[np.ndarray]:
-    others = [c for c in catalogue.ids if c != card_id]
+def _neighbours(refs: dict, card_id: str, rng: np.random.Generator, k: int) -> list[np.ndarray]:
+    others = [c for c in refs if c != card_id]
     if not others or k == 0:
         return []
-    return [catalogue.image(c) for c in rng.choice(others, size=min(k, len(others)), replace=False)]
+    return [refs[c] for c in rng.choice(others, size=min(k, len(others)), replace=False)]
 
 
 def make_crop(photo, input_size: tuple[int, int], mode: str, seed: int, difficulty: float, ref: np.ndarray,
@@ -94,7 +97,37 @@ def make_crop(photo, input_size: tuple[int, int], mode: str, seed: int, difficul
                     "corners_found": np.round(c.corners, 2).tolist()}
 
 
-def build_dataset(params, out_dir: str | Path, store=None, limit_workers: bool = True) -> DataBuild:
+_JOB: Optional[dict] = None  # what photo workers need: rendered references, data params, output root
+
+
+def _init_worker(job: Optional[dict]) -> None:
+    global _JOB
+    _JOB = job
+
+
+def _photo_job(row: dict) -> dict:
+    """Simulate one photo, cut its crop, write both; returns the manifest row."""
+    refs, d, root = _JOB["refs"], _JOB["data"], _JOB["root"]
+    card_id = row["card_id"]
+    rng = np.random.default_rng(row["seed"])
+    holo = _JOB["variant"][card_id] != "normal"
+    neighbours = _neighbours(refs, card_id, rng, int(rng.integers(0, 3))) if rng.random() < 0.2 else []
+    photo = simulate_photo(refs[card_id], row["seed"], tuple(d.photo_size), d.difficulty, neighbours=neighbours,
+                           holo=holo)
+    crop, found = make_crop(photo, tuple(d.input_size), d.crops, stable_seed("crop", row["seed"]), d.difficulty,
+                            refs[card_id], holo)
+    crop_path = root / "crops" / f"{row['photo_id']}.png"
+    _save_rgb(crop_path, crop)
+    rec = {**row, "crop": _rel(crop_path, root), "factors": found.pop("factors", photo.factors),
+           "corners": np.round(photo.corners, 2).tolist(), **found}
+    if row["split"] != "train":  # whole photos kept for evaluation, failure galleries and recognize tests
+        photo_path = root / "photos" / f"{row['photo_id']}.jpg"
+        _save_rgb(photo_path, photo.image)
+        rec["photo"] = _rel(photo_path, root)
+    return rec
+
+
+def build_dataset(params, out_dir: str | Path, store=None, parallel: bool = True) -> DataBuild:
     """Make references, photos, crops and the manifest under out_dir; corrupt scans are excluded and listed."""
     d, seed = params.data, params.run.seed
     root = Path(out_dir)
@@ -106,31 +139,21 @@ def build_dataset(params, out_dir: str | Path, store=None, limit_workers: bool =
         raise ValueError(f"the catalogue has {len(catalogue)} usable card(s); at least 2 are needed")
     splits = make_splits(catalogue, d.novel_fraction, seed)
     plan = photo_plan(splits, d.photos_train, d.photos_val, d.photos_test, seed)
-    input_size = tuple(d.input_size)
 
     refs = {}
     for cid in tqdm(catalogue.ids, desc="references", disable=None):
         refs[cid] = catalogue.image(cid)
         _save_rgb(root / "references" / f"{cid}.png", refs[cid])
-    rows = []
-    for row in tqdm(plan, desc="photos", disable=None):
-        card = catalogue.by_id(row["card_id"])
-        rng = np.random.default_rng(row["seed"])
-        holo = card.variant != "normal"
-        neighbours = _neighbours(catalogue, card.card_id, rng, int(rng.integers(0, 3))) if rng.random() < 0.2 else []
-        photo = simulate_photo(refs[card.card_id], row["seed"], tuple(d.photo_size), d.difficulty,
-                               neighbours=neighbours, holo=holo)
-        crop, found = make_crop(photo, input_size, d.crops, stable_seed("crop", row["seed"]), d.difficulty,
-                                refs[card.card_id], holo)
-        crop_path = root / "crops" / f"{row['photo_id']}.png"
-        _save_rgb(crop_path, crop)
-        rec = {**row, "crop": _rel(crop_path, root), "factors": found.pop("factors", photo.factors),
-               "corners": np.round(photo.corners, 2).tolist(), **found}
-        if row["split"] != "train":  # whole photos kept for evaluation, failure galleries and recognize tests
-            photo_path = root / "photos" / f"{row['photo_id']}.jpg"
-            _save_rgb(photo_path, photo.image)
-            rec["photo"] = _rel(photo_path, root)
-        rows.append(rec)
+    job = {"refs": refs, "variant": {c.card_id: c.variant for c in catalogue}, "data": d, "root": root}
+    workers = max(1, min(os.cpu_count() or 1, len(plan) // 64)) if parallel else 1
+    if workers > 1:  # photos are independent; spawned workers (OpenCV's thread pool does not survive a fork)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(job,)) as pool:
+            rows = list(tqdm(pool.map(_photo_job, plan, chunksize=16), total=len(plan), desc="photos", disable=None))
+    else:
+        _init_worker(job)
+        rows = [_photo_job(row) for row in tqdm(plan, desc="photos", disable=None)]
+        _init_worker(None)
 
     catalogue.save_json(root / CATALOGUE)
     atomic_write_text(root / SPLITS, json.dumps(splits.to_dict(), indent=1))
