@@ -182,3 +182,15 @@ def test_bad_input_is_refused(tmp_path):
         find_card(np.zeros((100, 100, 3), np.float32))
     with pytest.raises(ValueError):
         find_card(np.zeros((100, 100, 3), np.uint8), max_cards=0)
+
+
+def test_cut_edge_not_printed_inner_frame_with_silver_border():
+    # a light silver border against a mid-grey table: the dark printed frame inside is the stronger edge
+    quad = card_quad(330, 245, 280, rot_deg=-5, tilt_deg=20)
+    card = card_image(4)
+    card[:] = np.where(card == card[0, 0], np.uint8(205), card)  # silver border
+    b = int(0.045 * card.shape[1])
+    cv2.rectangle(card, (b, b), (card.shape[1] - b - 1, card.shape[0] - b - 1), (20, 20, 30), 3)
+    table = np.clip(np.full((H, W, 3), 150.0) + np.random.default_rng(4).normal(0, 6, (H, W, 3)), 0, 255)
+    found = find_card(paste(table.astype(np.uint8), card, quad))
+    assert found and quad_iou(found[0].corners, quad) >= 0.93

@@ -470,12 +470,17 @@ def _select(cands: list, rgb: np.ndarray, max_cards: int) -> list:
         top = max(kept[k][1] for k in chain)
         strong = sorted((k for k in chain if kept[k][1] >= 0.6 * top), key=lambda k: -areas[k])
         best = strong[-1]
-        for k in strong:  # the outermost well-supported outline, unless the table shows through just inside it
-            held = [j for j in strong if 0.6 <= areas[j] / areas[k] <= 0.8 or (
-                0.885 <= areas[j] / areas[k] < 0.96 and border_band(rgb, kept[j][0]))]  # toploader, sleeve
-            if not plastic_edge(rgb, kept[k][0]) and not any(_is_sleeve(rgb, kept[k][0], kept[j][0]) for j in held):
+        eligible = set(strong)
+        for k in sorted(chain, key=lambda k: -areas[k]):  # the outermost good outline not of clear plastic
+            if k not in eligible:
+                continue
+            held = [j for j in chain if 0.6 <= areas[j] / areas[k] <= 0.8 or (j in strong and
+                    0.885 <= areas[j] / areas[k] < 0.96 and border_band(rgb, kept[j][0]))]  # toploader, sleeve
+            sleeved = [j for j in held if _is_sleeve(rgb, kept[k][0], kept[j][0])]
+            if not sleeved and not plastic_edge(rgb, kept[k][0]):
                 best = k
                 break
+            eligible.update(sleeved)  # a card seen through a toploader's thick plastic may have weaker edges
         for j in chain:
             alive[j] = j == best
         for j in nested:  # boxes printed on the card lie across it or are weaker; a card on a larger thing is not
