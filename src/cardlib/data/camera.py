@@ -300,6 +300,17 @@ def _degrade(img: np.ndarray, rng, d: float, f: dict, scale: float = 1.0) -> np.
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+def _light_and_touch(img, surface, rng, d: float, corners, f: dict, sleeve: str, holo: bool) -> None:
+    """What photos and crops share: holo sheen, glare, a finger, lighting (in this order: it fixes the RNG stream)."""
+    f["sleeve"] = sleeve
+    if holo:
+        _sheen(img, surface, rng, d, corners, f)
+    _glare(img, surface, rng, d, corners, f)
+    if _p(rng, 0.2 * d):
+        _finger(img, rng, corners, f)
+    _lighting(img, rng, d, f)
+
+
 def _base_factors() -> dict:
     return dict(glare=False, glare_strength=0.0, holo_sheen=0.0, occlusion=False, sleeve_reflection=False)
 
@@ -368,13 +379,7 @@ def simulate_photo(card_img: np.ndarray, seed: int, photo_size: tuple[int, int] 
     surface = np.zeros((PH, PW), np.float32)
     corners = (printed + shift).astype(np.float32)
     _composite(img, obj, cv2.getPerspectiveTransform(src, (outer + shift).astype(np.float32)), surface)
-    f["sleeve"] = sleeve
-    if holo:
-        _sheen(img, surface, rng, d, corners, f)
-    _glare(img, surface, rng, d, corners, f)
-    if _p(rng, 0.2 * d):
-        _finger(img, rng, corners, f)
-    _lighting(img, rng, d, f)
+    _light_and_touch(img, surface, rng, d, corners, f, sleeve, holo)
     image = _degrade(img, rng, d, f)
     inside = cv2.intersectConvexConvex(corners, np.array([[0, 0], [PW, 0], [PW, PH], [0, PH]], np.float32))[0]
     f.update(angle_deg=round(tilt, 2), rotation_deg=round(rot, 2), upside_down=bool(abs(rot) > 90),
@@ -405,13 +410,7 @@ def simulate_crop(card_img: np.ndarray, seed: int, out_size: tuple[int, int] = (
     Hm = np.array([[1, 0, m - pad], [0, 1, m - pad], [0, 0, 1]], np.float64)
     _composite(img, obj, Hm, surface)
     corners = np.array([[m, m], [m + cw, m], [m + cw, m + ch], [m, m + ch]], np.float32)
-    f["sleeve"] = sleeve
-    if holo:
-        _sheen(img, surface, rng, d, corners, f)
-    _glare(img, surface, rng, d, corners, f)
-    if _p(rng, 0.2 * d):
-        _finger(img, rng, corners, f)
-    _lighting(img, rng, d, f)
+    _light_and_touch(img, surface, rng, d, corners, f, sleeve, holo)
     diag = float(np.hypot(ch, cw))
     err = rng.uniform(0, 0.04 * d)
     ang = rng.uniform(0, 2 * np.pi, 4)

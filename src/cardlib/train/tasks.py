@@ -157,7 +157,7 @@ def stage2_task(params, data_root: str | Path, teacher_dir: str | Path, stage1_d
     target_of = {int(lab): ref_targets[i] for i, lab in enumerate(refs.labels)}
     pairs = EpochConcat([PairDataset(data.crops("train"), data.catalogue),
                          SimulatedCropDataset(data.catalogue, data.train_ids, data.preprocess, data.label_of,
-                                              n_per_card=2, difficulty=s.difficulty, seed=params.run.seed + 1)])
+                                              n_per_card=1, difficulty=s.difficulty, seed=params.run.seed + 1)])
     train = WithTeacherRef(pairs, target_of)
     labels = [lab for part in pairs.datasets for lab in part.labels]
     sampler = None
