@@ -155,3 +155,12 @@ def test_bad_params_fail_before_any_work(workspace, capsys):
                  "--notebooks", str(workspace / "notebooks"), "--runs-dir", str(workspace / "runs")]) == 2
     assert "teacher.epochs" in capsys.readouterr().err
     assert not (workspace / "runs").exists()
+
+
+def test_relative_store_path_means_the_project_root_not_the_notebooks_folder(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)  # the kernels run with cwd=notebooks/; "./store" must still be the root's store
+    assert _run(workspace, "./store", "--only", "00") == 0
+    run_dir = _only_run(workspace)
+    assert (workspace / "store" / "analytics" / "reports" / run_dir.name / "00_data.html").is_file()
+    assert (workspace / "store" / "pipelines" / "training" / run_dir.name / "cards.txt").is_file()
+    assert not (workspace / "notebooks" / "store").exists()

@@ -299,5 +299,20 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
     return validate(apply_overrides(raw, overrides or []))
 
 
+LOCAL_PATH_KEYS = (("store", "uri"), ("data", "scans_dir"), ("data", "metadata_dir"), ("teacher", "weights_dir"),
+                   ("distill", "student_weights"))
+
+
+def resolve_paths(params: Params, base: str | Path) -> Params:
+    """Relative local paths in params are relative to the project root (where `cardlib run` starts); notebooks
+    run with cwd=notebooks/, so the runner makes them absolute before any stage sees them."""
+    d = params.to_dict()
+    for section, key in LOCAL_PATH_KEYS:
+        value = d[section][key]
+        if value and "://" not in value and not Path(value).expanduser().is_absolute():
+            d[section][key] = str((Path(base) / value).resolve())
+    return validate(d)
+
+
 def from_dict(d: dict) -> Params:
     return validate(d)

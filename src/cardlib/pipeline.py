@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from cardlib.params import Params
+from cardlib.params import Params, resolve_paths
 from cardlib.reports import render_notebook, run_index_html, runs_index_html
 from cardlib.run import Run, adopt_stage, find_cached_stage, read_json, stage_name, utcnow, write_json
 from cardlib.store import Layout, Store, atomic_write_text, store_from_params
@@ -153,6 +153,7 @@ def run_pipeline(params: Params, *, notebooks_dir: str | Path = "notebooks", run
                  only: Optional[list[str]] = None, kernel: str = KERNEL, progress: bool = True) -> RunResult:
     """Execute the selected notebooks in order; publish reports after each (also a failed one)."""
     notebooks_dir, runs_dir = Path(notebooks_dir).resolve(), Path(runs_dir).resolve()
+    params = resolve_paths(params, Path.cwd())  # the kernels run in notebooks/: relative paths would move
     all_nbs = discover(notebooks_dir)
     if not all_nbs:
         raise RunSetupError(f"no numbered notebooks (NN_name.ipynb) in {notebooks_dir}")

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
-from cardlib.params import Params, from_dict, load_params
+from cardlib.params import Params, from_dict, load_params, resolve_paths
 from cardlib.store import Layout, Store, atomic_write_text, sha256_file, store_from_params, validate_id
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -192,7 +192,11 @@ class StageContext:
         """Join the runner's run; interactively (run_dir empty) start a new run from params_file."""
         if not stage:
             raise ValueError("stage is required")
-        run = Run(run_dir) if run_dir else Run.create(load_params(params_file), runs_dir)
+        if run_dir:
+            run = Run(run_dir)
+        else:  # interactive: params/ sits in the project root, which relative paths in params refer to
+            root = Path(params_file).resolve().parent.parent
+            run = Run.create(resolve_paths(load_params(params_file), root), runs_dir)
         return cls(run, stage, inputs_hash)
 
     @property
