@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -32,8 +33,9 @@ def stage_name(notebook: Path | str) -> str:
     return validate_id(Path(notebook).stem, "stage name")
 
 
+@functools.lru_cache(maxsize=1)
 def code_digest() -> str:
-    """sha256 over the package's source: a code change invalidates cached stages."""
+    """sha256 over the package's source (once per process): a code change invalidates cached stages."""
     h = hashlib.sha256()
     for p in sorted(PACKAGE_DIR.rglob("*.py")):
         h.update(p.relative_to(PACKAGE_DIR).as_posix().encode())

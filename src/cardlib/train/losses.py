@@ -74,15 +74,20 @@ def _normalised_distances(x: torch.Tensor) -> torch.Tensor:
     return d / mean
 
 
-def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """RKD distance term (Park et al. 2019): smooth-L1 between mean-normalised pairwise distances."""
-    _check_pair(student, teacher, "rkd_distance")
-    if len(student) < 2:
-        raise ValueError("rkd_distance needs at least 2 embeddings")
+def _relational(student: torch.Tensor, teacher: torch.Tensor, relation, min_n: int, name: str) -> torch.Tensor:
+    """Smooth-L1 between a relation of the student's and of the teacher's L2-normalised batch (teacher: no grad)."""
+    _check_pair(student, teacher, name)
+    if len(student) < min_n:
+        raise ValueError(f"{name} needs at least {min_n} embeddings")
     s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
     with torch.no_grad():
-        t_d = _normalised_distances(t)
-    return F.smooth_l1_loss(_normalised_distances(s), t_d)
+        target = relation(t)
+    return F.smooth_l1_loss(relation(s), target)
+
+
+def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """RKD distance term (Park et al. 2019): smooth-L1 between mean-normalised pairwise distances."""
+    return _relational(student, teacher, _normalised_distances, 2, "rkd_distance")
 
 
 def _angles(x: torch.Tensor) -> torch.Tensor:
@@ -92,10 +97,4 @@ def _angles(x: torch.Tensor) -> torch.Tensor:
 
 def rkd_angle(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """RKD angle term (Park et al. 2019): smooth-L1 between cosines of all triplet angles."""
-    _check_pair(student, teacher, "rkd_angle")
-    if len(student) < 3:
-        raise ValueError("rkd_angle needs at least 3 embeddings")
-    s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
-    with torch.no_grad():
-        t_a = _angles(t)
-    return F.smooth_l1_loss(_angles(s), t_a)
+    return _relational(student, teacher, _angles, 3, "rkd_angle")
