@@ -18,7 +18,8 @@ from cardlib.pipeline import run_pipeline
 from cardlib.run import Run, read_json
 
 REPO = Path(__file__).resolve().parents[1]
-QUALITY = {"00": ("cards", "train_cards", "novel_cards", "photos", "finder_found_rate"),
+QUALITY = {"00": ("cards", "train_cards", "novel_cards", "photos", "finder_found_rate",
+                  "finder_found_rate_before_gallery_check"),
            "01": ("test_top1_seen", "test_top1_novel"),
            "02": ("test_top1_seen", "test_top1_novel", "retention_seen", "retention_novel", "agreement_mean_cos"),
            "03": ("test_top1_seen", "test_top1_novel", "retention_seen", "retention_novel", "agreement_mean_cos"),

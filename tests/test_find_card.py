@@ -194,3 +194,31 @@ def test_cut_edge_not_printed_inner_frame_with_silver_border():
     table = np.clip(np.full((H, W, 3), 150.0) + np.random.default_rng(4).normal(0, 6, (H, W, 3)), 0, 255)
     found = find_card(paste(table.astype(np.uint8), card, quad))
     assert found and quad_iou(found[0].corners, quad) >= 0.93
+
+
+@pytest.mark.parametrize("seed", [3, 55, 96])
+def test_card_in_a_toploader_is_found_not_a_mix_of_plastic_and_card_sides(seed):
+    """Simulated toploader photos where outlines mixing the plastic's sides with the card's scored as high as the
+    card: the outline with the card's printed border all round must win."""
+    from cardlib.data.camera import simulate_photo
+    from cardlib.data.catalogue import synthetic_catalogue
+
+    cat = synthetic_catalogue(n_cards=200, n_sets=4, reprint_fraction=0.1, variant_fraction=0.2, seed=0)
+    card = cat.by_id(cat.ids[seed])
+    ph = simulate_photo(cat.image(card.card_id), seed=seed, photo_size=(H, W), difficulty=1.0,
+                        holo=card.variant != "normal")
+    assert ph.factors["sleeve"] == "toploader"
+    found = find_card(ph.image)
+    assert found and quad_iou(found[0].corners, ph.corners) >= 0.9
+
+
+def test_alternatives_follow_the_chosen_card():
+    quad = card_quad(320, 240, 300, rot_deg=4)
+    img = photo(12, quad, card_seed=12)
+    plain = find_card(img)
+    more = find_card(img, alternatives=3)
+    assert len(plain) == 1 and 1 <= len(more) <= 4
+    assert more[0].corners == pytest.approx(plain[0].corners, abs=1e-3)
+    assert all(quad_iou(a.corners, more[0].corners) < 0.9 for a in more[1:])  # not the same outline again
+    with pytest.raises(ValueError, match="alternatives"):
+        find_card(img, alternatives=-1)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from cardlib.data.catalogue import synthetic_catalogue
 from cardlib.gallery import Gallery, OnnxEmbedder, TorchEmbedder, build_gallery
-from cardlib.hashing import card_hashes, hash_similarity
+from cardlib.hashing import card_hashes, gallery_check, hash_similarity
 from cardlib.preprocess import Preprocess
 from cardlib.recognize import FusedMatcher, FusionWeights, fit_fusion, fit_unknown_threshold, recognize_photos
 
@@ -270,3 +270,18 @@ def test_recognize_photos_reports_bad_files_and_goes_on(cards, tmp_path):
     assert set(rows[1]) == {"photo", "found", "matches", "unknown"}
     assert set(rows[1]["matches"][0]) == {"card_id", "name", "score", "hash_score", "embedding_score"}
     json.dumps(rows, allow_nan=False)
+
+
+def test_gallery_check_keeps_the_outline_that_shows_a_gallery_card(cards):
+    ids = list(cards)
+    bits = card_hashes(PRE.resize_uint8(cards[c]) for c in ids)
+    card = PRE.resize_uint8(cards[ids[5]])
+    rng = np.random.default_rng(1)
+    not_a_card = cv2.resize(rng.integers(0, 255, (7, 5, 3)).astype(np.uint8), (PRE.width, PRE.height))
+    # the finder's first outline was wrong; the alternative shows the card upside down
+    k, sims = gallery_check([not_a_card, noisy(card[::-1, ::-1], 1)], bits)
+    assert k == 1 and sims[1] > sims[0] + 0.1
+    assert gallery_check([noisy(card, 2), not_a_card], bits)[0] == 0  # the right first choice stays
+    assert gallery_check([not_a_card, card], bits, margin=1.0)[0] == 0  # an alternative must win by the margin
+    with pytest.raises(ValueError, match="at least one"):
+        gallery_check([], bits)

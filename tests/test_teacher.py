@@ -129,6 +129,19 @@ def test_grad_accum_matches_large_batch(tmp_path):
     assert len(history) == 2 and all(math.isfinite(r["loss"]) for r in history)
 
 
+def test_eval_every_validates_every_nth_epoch_and_the_last(tmp_path):
+    data = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(2)]
+
+    def step(model, batch):
+        return torch.nn.functional.mse_loss(model(batch[0]), batch[1]), {}
+
+    history = fit(torch.nn.Linear(4, 1), step, data, TrainConfig(epochs=5, eval_every=2, device="cpu"),
+                  tmp_path / "ev", evaluate=lambda m: {"val_score": 1.0})
+    assert [r["epoch"] for r in history if "val_score" in r] == [2, 4, 5]
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainConfig(eval_every=0)
+
+
 def test_train_config_from_params_and_validation():
     from cardlib.params import Params
 

@@ -16,6 +16,8 @@ WORK_SIDE = 640  # long side of the working copy: detection cost stays flat what
 MIN_CONFIDENCE = 0.45  # below this a candidate is texture, not a card (tuned on card-free photos)
 OUTWARD_TRIES = 12  # best candidates also tried one printed border wider
 BORDER_FRAC = 0.08  # a card's plain border is ~4 % of its width on each side: 8 % on the full width
+ALTERNATIVE_MIN = 0.35  # weakest outline offered as an alternative to the chosen one
+BORDERED_MIN = 0.75  # an outline with a card's printed border all round wins among nested ones this close in score
 UPRIGHT_MIN_CONFIDENCE = 0.75  # below this find_card reports orientation as unknown
 
 PhotoLike = Union[np.ndarray, Image.Image, str, Path]
@@ -228,7 +230,6 @@ def _contour_candidates(edges: np.ndarray, min_long: float) -> tuple[list, list]
 def _edge_maps(blur: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Colour edge maps (fixed and texture-adaptive thresholds, fine and coarse: textured tables need the latter)
     and the colour gradient magnitude."""
-    k = np.ones((3, 3), np.uint8)
     dx, dy = cv2.Sobel(blur, cv2.CV_16S, 1, 0), cv2.Sobel(blur, cv2.CV_16S, 0, 1)
     mag = (np.abs(dx[::3, ::3]).astype(np.int32) + np.abs(dy[::3, ::3])).max(axis=2)
     hi = float(np.clip(np.percentile(mag, 93), 60, 400))  # edges stronger than the background's texture
@@ -243,7 +244,7 @@ def _edge_maps(blur: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     return [maps[0], maps[1], coarse], full_mag
 
 
-def _merge_lines(segs: np.ndarray, mag: np.ndarray, max_lines: int = 28, max_segs: int = 200) -> list:
+def _merge_lines(segs: np.ndarray, mag: np.ndarray, max_lines: int = 40, max_segs: int = 200) -> list:
     """Group collinear segments (long, high-contrast ones first) into lines: [point, direction, t0, t1, length]."""
     if not len(segs):
         return []
@@ -304,8 +305,8 @@ def _line_quads(lines, min_long: float, max_quads: int = 48) -> np.ndarray:
     side_len = hi - lo
     overlap = np.clip(np.minimum(hi, ext[..., 1]) - np.maximum(lo, ext[..., 0]), 0, None)
     outside = (ext[..., 1] - ext[..., 0]) - overlap
-    ok = ((overlap > 0.3 * side_len) & (outside < 0.25 * side_len + 4)).all(1)
-    ok &= (side_len.max(1) >= min_long) & _convex_ok(corners)
+    ok = ((overlap > 0.3 * side_len) & (outside < 0.25 * side_len + 4)).all(1) & (side_len.max(1) >= min_long)
+    ok[ok] = _convex_ok(corners[ok])
     corners, cover = corners[ok], (overlap / (side_len + 1e-9))[ok]
     sl = side_len[ok]
     r = (sl[:, 0] + sl[:, 2]) / (sl[:, 1] + sl[:, 3] + 1e-9)
@@ -440,6 +441,16 @@ def _same_orientation(a, b) -> bool:
     return abs(np.dot(da, db)) > 0.8 * np.linalg.norm(da) * np.linalg.norm(db)
 
 
+def _ring_gap(outer, inner, lo: float = 0.01, hi: float = 0.05) -> bool:
+    """Does `outer` run outside `inner` at a border's width (lo..hi of its long side) on all four sides?"""
+    o, i = np.asarray(outer, np.float64), np.asarray(inner, np.float64)
+    d = np.roll(o, -1, axis=0) - o
+    n = np.stack([d[:, 1], -d[:, 0]], axis=1) / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-9)
+    mid = (i + np.roll(i, -1, axis=0)) / 2
+    gap = np.abs(((mid - o) * n).sum(1)) / _sides(o[None])[0].max()
+    return bool(((gap >= lo) & (gap <= hi)).all())
+
+
 def _select(cands: list, rgb: np.ndarray, max_cards: int) -> list:
     """Drop duplicates, groups (a binder page around cards), sleeves around cards, and anything printed on a card.
 
@@ -471,6 +482,15 @@ def _select(cands: list, rgb: np.ndarray, max_cards: int) -> list:
         strong = sorted((k for k in chain if kept[k][1] >= 0.6 * top), key=lambda k: -areas[k])
         best = strong[-1]
         eligible = set(strong)
+        # in a toploader the sides of plastic, card and printed frame mix into outlines of every size: the one with
+        # a card's plain printed border just inside all four sides is the card. Unless a strong outline runs a
+        # border's width outside it all round: then it may be a printed frame inside its card, or a card in a
+        # sleeve, and the rules below decide.
+        bordered = next((k for k in sorted(chain, key=lambda k: -areas[k]) if kept[k][1] >= BORDERED_MIN * top
+                         and not any(_ring_gap(kept[m][0], kept[k][0]) for m in strong if areas[m] > 1.02 * areas[k])
+                         and border_band(rgb, kept[k][0]) and not plastic_edge(rgb, kept[k][0])), None)
+        if bordered is not None:  # the largest such outline
+            best, eligible = bordered, set()
         for k in sorted(chain, key=lambda k: -areas[k]):  # the outermost good outline not of clear plastic
             if k not in eligible:
                 continue
@@ -499,8 +519,10 @@ def _select(cands: list, rgb: np.ndarray, max_cards: int) -> list:
 # ---------------------------------------------------------------- public API
 
 
-def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0.15) -> list[tuple[np.ndarray, float]]:
-    """Card quads (geometric order, photo pixels) with confidences, best first."""
+def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0.15,
+                 alternatives: int = 0) -> list[tuple[np.ndarray, float]]:
+    """Card quads (geometric order, photo pixels) with confidences, best first; then up to `alternatives` other
+    strong outlines, overlapping allowed, for a caller that can tell a card from a look-alike (a gallery can)."""
     h, w = rgb.shape[:2]
     scale = min(1.0, WORK_SIDE / max(h, w))
     small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
@@ -537,19 +559,31 @@ def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0
     keep = np.nonzero((scores >= 0.3) & (long_side >= min_long))[0]
     keep = keep[np.argsort(-scores[keep])][:40]
     cands = [(order_geometric(q).astype(np.float64), float(s)) for q, s in zip(quads[keep], scores[keep])]
-    return [(order_geometric((q + 0.5) / scale - 0.5), s) for q, s in _select(cands, small, max_cards)]
+    chosen = _select(cands, small, max_cards)
+    for q, s in cands:
+        if alternatives <= 0 or s < ALTERNATIVE_MIN:
+            break
+        if all(quad_iou(q, c[0]) < 0.9 for c in chosen):
+            chosen.append((q, s))
+            alternatives -= 1
+    return [(order_geometric((q + 0.5) / scale - 0.5), s) for q, s in chosen]
 
 
-def find_card(photo: PhotoLike, out_size=(160, 112), max_cards: int = 1,
-              min_height_frac: float = 0.15) -> list[CardCandidate]:
-    """Cards in a photo, best first: corners, rectified 5:7 crop, confidence, orientation; [] when none."""
+def find_card(photo: PhotoLike, out_size=(160, 112), max_cards: int = 1, min_height_frac: float = 0.15,
+              alternatives: int = 0) -> list[CardCandidate]:
+    """Cards in a photo, best first: corners, rectified 5:7 crop, confidence, orientation; [] when none.
+
+    With `alternatives` > 0, up to that many other strong outlines follow the chosen cards (they may overlap them):
+    a caller holding a gallery can check which outline shows a card (`cardlib.hashing.gallery_check`)."""
     if max_cards < 1:
         raise ValueError(f"max_cards must be >= 1, got {max_cards}")
+    if alternatives < 0:
+        raise ValueError(f"alternatives must be >= 0, got {alternatives}")
     if not 0 < min_height_frac <= 1:
         raise ValueError(f"min_height_frac must be in (0, 1], got {min_height_frac}")
     rgb = load_rgb(photo)
     found = []
-    for q, conf in detect_quads(rgb, max_cards, min_height_frac):
+    for q, conf in detect_quads(rgb, max_cards, min_height_frac, alternatives):
         crop = rectify(rgb, q, out_size)
         up, up_conf = guess_upright(crop)
         upright = up if up_conf >= UPRIGHT_MIN_CONFIDENCE else None

@@ -55,3 +55,27 @@ def hash_similarity(query_bits: np.ndarray, gallery_bits: np.ndarray, gallery_si
     q = hash_signs(np.atleast_2d(query_bits))
     g = hash_signs(gallery_bits) if gallery_signs is None else gallery_signs
     return (q @ g.T + HASH_BITS) / (2.0 * HASH_BITS)
+
+
+GALLERY_ALTERNATIVES = 3  # other outlines than the finder's choice that the gallery check looks at
+GALLERY_CHECK_MARGIN = 0.03  # an alternative outline replaces the finder's choice only when it matches this much better
+
+
+def gallery_check(crops: list[np.ndarray], gallery_bits: np.ndarray, gallery_signs: np.ndarray | None = None,
+                  margin: float = GALLERY_CHECK_MARGIN) -> tuple[int, list[float]]:
+    """Which of a photo's candidate crops (the finder's choice first) shows a card of the gallery?
+
+    Each crop's best pHash+dHash similarity to any gallery card, upright or turned 180°; an alternative wins only
+    by `margin` over the finder's choice. A look-alike outline (a printed box, a sleeve mixed with the card, a
+    block of the table) matches nothing in particular (~0.6 over thousands of cards); the card itself matches
+    its own entry (~0.8–0.95). Returns the chosen index and every crop's best similarity."""
+    if not crops:
+        raise ValueError("gallery_check needs at least one candidate crop")
+    both = [o for c in crops for o in (c, np.ascontiguousarray(np.asarray(c)[::-1, ::-1]))]
+    sim = hash_similarity(card_hashes(both), gallery_bits, gallery_signs)
+    best = [float(x) for x in sim.max(axis=1).reshape(len(crops), 2).max(axis=1)]
+    k = 0
+    for j in range(1, len(best)):
+        if best[j] > best[k] + margin:
+            k = j
+    return k, best

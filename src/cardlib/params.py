@@ -85,6 +85,7 @@ class TeacherParams(_Section):
     layer_decay: float = Field(1.0, gt=0.0, le=1.0)  # < 1 for pretrained backbones
     freeze_blocks: int = Field(0, ge=0, le=48)
     bf16: bool = False  # autocast where the device supports it
+    eval_every: int = Field(1, ge=1, le=1000)  # epochs between validations; the last one always
     version: str = Field("v1.0", pattern=r"^v\d+(\.\d+)*$")
 
 
@@ -100,6 +101,7 @@ class StageParams(_Section):
     w_metric: float = Field(0.0, ge=0.0)  # identity loss (stage 2)
     hard_negatives: bool = False  # batch reprints/variants together (stage 2)
     difficulty: float = Field(1.0, ge=0.0, le=2.0)
+    eval_every: int = Field(1, ge=1, le=1000)  # epochs between validations; the last one always
     version: str = Field("v1.0", pattern=r"^v\d+(\.\d+)*$")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .find_card import both_orientations, find_card, load_rgb
 from .gallery import Embedder, Gallery
-from .hashing import card_hashes, hash_similarity
+from .hashing import GALLERY_ALTERNATIVES, card_hashes, gallery_check, hash_similarity
 from .preprocess import Preprocess
 
 Method = Literal["fused", "hash", "embedding"]
@@ -250,8 +250,9 @@ def recognize_photos(photos: Sequence[str | Path | np.ndarray], matcher: FusedMa
         except Exception as exc:  # one bad file must not stop a batch of photos
             rows.append({"photo": label, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        found = find_card(rgb, out_size=(pre.height, pre.width), max_cards=1)
-        crops.append(found[0].crop if found else _center_card(rgb))
+        found = find_card(rgb, out_size=(pre.height, pre.width), max_cards=1, alternatives=GALLERY_ALTERNATIVES)
+        k = gallery_check([c.crop for c in found], matcher.gallery.hashes, matcher.gallery.hash_signs)[0] if found else 0
+        crops.append(found[k].crop if found else _center_card(rgb))
         rows.append({"photo": label, "found": bool(found)})
         where.append(len(rows) - 1)
     for r, matches in zip(where, matcher.match(crops, top_k=top_k) if crops else []):

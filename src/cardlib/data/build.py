@@ -77,20 +77,27 @@ def _neighbours(refs: dict, card_id: str, rng: np.random.Generator, k: int) -> l
 
 
 def make_crop(photo, input_size: tuple[int, int], mode: str, seed: int, difficulty: float, ref: np.ndarray,
-              holo: bool) -> tuple[np.ndarray, dict]:
-    """The crop every model and baseline sees: find_card on the photo, or a simulated finder crop."""
+              holo: bool, gallery_bits: Optional[np.ndarray] = None) -> tuple[np.ndarray, dict]:
+    """The crop every model and baseline sees: find_card on the photo, or a simulated finder crop.
+
+    With `gallery_bits` (the references' hashes), the finder offers alternative outlines and the one that shows a
+    gallery card is kept, as `recognize` does (`gallery_check`); `finder_iou` records the finder's own choice."""
     if mode == "simulated":
         crop, factors = simulate_crop(ref, seed, input_size, difficulty, holo=holo)
         return crop, {"found": True, "factors": factors}
     from cardlib.find_card import corner_error, find_card, quad_iou
+    from cardlib.hashing import GALLERY_ALTERNATIVES, gallery_check
 
-    cands = find_card(photo.image, out_size=input_size, max_cards=1)
+    cands = find_card(photo.image, out_size=input_size, max_cards=1,
+                      alternatives=0 if gallery_bits is None else GALLERY_ALTERNATIVES)
     if not cands:  # recognition falls back to the whole photo; evaluation does exactly the same
         crop = cv2.resize(photo.image, (input_size[1], input_size[0]), interpolation=cv2.INTER_AREA)
-        return crop, {"found": False, "iou": 0.0, "corner_error": None, "confidence": 0.0}
-    c = cands[0]
+        return crop, {"found": False, "iou": 0.0, "finder_iou": 0.0, "corner_error": None, "confidence": 0.0}
+    k = gallery_check([c.crop for c in cands], gallery_bits)[0] if len(cands) > 1 else 0
+    c = cands[k]
     err = float(corner_error(c.corners, photo.corners))
-    return c.crop, {"found": True, "iou": round(float(quad_iou(c.corners, photo.corners, photo.image.shape[:2])), 4),
+    return c.crop, {"found": True, "iou": round(float(quad_iou(c.corners, photo.corners)), 4),
+                    "finder_iou": round(float(quad_iou(cands[0].corners, photo.corners)), 4), "alternative": k,
                     "corner_error": round(err, 5),
                     "orientation_ok": bool(corner_error(c.corners, photo.corners, orientation_agnostic=False) <= err + 1e-9),
                     "confidence": round(float(c.confidence), 4), "upright": c.upright,
@@ -103,6 +110,12 @@ _JOB: Optional[dict] = None  # what photo workers need: rendered references, dat
 def _init_worker(job: Optional[dict]) -> None:
     global _JOB
     _JOB = job
+    if job is not None and job["data"].crops == "find_card":  # the gallery recognize will search: all references
+        from cardlib.hashing import card_hashes
+
+        h, w = job["data"].input_size
+        job["gallery_bits"] = card_hashes(
+            cv2.resize(r, (w, h), interpolation=cv2.INTER_AREA) for r in job["refs"].values())
 
 
 def _photo_job(row: dict) -> dict:
@@ -115,7 +128,7 @@ def _photo_job(row: dict) -> dict:
     photo = simulate_photo(refs[card_id], row["seed"], tuple(d.photo_size), d.difficulty, neighbours=neighbours,
                            holo=holo)
     crop, found = make_crop(photo, tuple(d.input_size), d.crops, stable_seed("crop", row["seed"]), d.difficulty,
-                            refs[card_id], holo)
+                            refs[card_id], holo, _JOB.get("gallery_bits"))
     crop_path = root / "crops" / f"{row['photo_id']}.png"
     _save_rgb(crop_path, crop)
     rec = {**row, "crop": _rel(crop_path, root), "factors": found.pop("factors", photo.factors),
@@ -184,6 +197,7 @@ def finder_quality(rows: list[dict], iou_min: float = 0.9) -> Optional[dict]:
         errs = [r["corner_error"] for r in rs if r.get("corner_error") is not None]
         orient = [r["orientation_ok"] for r in rs if r.get("iou", 0) >= iou_min]
         return {"n": len(rs), "found_rate": round(sum(r["iou"] >= iou_min for r in rs) / len(rs), 4),
+                "found_rate_before_gallery_check": round(sum(r.get("finder_iou", r["iou"]) >= iou_min for r in rs) / len(rs), 4),
                 "detected_rate": round(sum(bool(r["found"]) for r in rs) / len(rs), 4),
                 "mean_corner_error": round(float(np.mean(errs)), 5) if errs else None,
                 "orientation_accuracy": round(float(np.mean(orient)), 4) if orient else None}

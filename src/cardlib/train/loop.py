@@ -44,13 +44,14 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between progress-bar updates
     device: str = "auto"  # auto | cpu | cuda | cuda:N; under DDP the rank's device wins
     max_steps_per_epoch: int = 0  # 0 = the whole loader; caps micro-batches for smoke runs
+    eval_every: int = 1  # epochs between validations (the last epoch is always validated)
 
     def __post_init__(self) -> None:
         checks = {"epochs": self.epochs >= 1, "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0,
                   "warmup_frac": 0 <= self.warmup_frac < 1, "grad_accum": self.grad_accum >= 1,
                   "layer_decay": 0 < self.layer_decay <= 1, "freeze_blocks": self.freeze_blocks >= 0,
                   "max_grad_norm": self.max_grad_norm >= 0, "log_every": self.log_every >= 1,
-                  "max_steps_per_epoch": self.max_steps_per_epoch >= 0}
+                  "max_steps_per_epoch": self.max_steps_per_epoch >= 0, "eval_every": self.eval_every >= 1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"TrainConfig: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
@@ -292,7 +293,7 @@ def fit(model: nn.Module, step_fn: StepFn, train_loader, cfg: TrainConfig, ckpt_
 
         record = {"epoch": epoch + 1, **_mean_across_ranks({k: v / n_seen for k, v in sums.items()}),
                   "lr": max(sched.get_last_lr()), "steps": sched.last_epoch, "seconds": time.perf_counter() - t0}
-        if evaluate is not None:
+        if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             record.update(_evaluate_on_main(evaluate, model, main))
         history.append(record)
         if main:
