@@ -9,15 +9,17 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from cardlib.find_card_band import border_band, plastic_edge
+from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, convex_ok, corner_error, order_geometric, quad_iou,
+                                        side_lengths)
+from cardlib.find_card_select import select_cards
 
-CARD_ASPECT = 5 / 7  # width / height of a trading card (63 x 88 mm)
+__all__ = ["CardCandidate", "both_orientations", "corner_error", "detect_quads", "find_card", "guess_upright",
+           "load_rgb", "order_geometric", "quad_iou", "rectify"]
+
 WORK_SIDE = 640  # long side of the working copy: detection cost stays flat whatever the camera resolution
-MIN_CONFIDENCE = 0.45  # below this a candidate is texture, not a card (tuned on card-free photos)
 OUTWARD_TRIES = 12  # best candidates also tried one printed border wider
 BORDER_FRAC = 0.08  # a card's plain border is ~4 % of its width on each side: 8 % on the full width
 ALTERNATIVE_MIN = 0.35  # weakest outline offered as an alternative to the chosen one
-BORDERED_MIN = 0.75  # an outline with a card's printed border all round wins among nested ones this close in score
 UPRIGHT_MIN_CONFIDENCE = 0.75  # below this find_card reports orientation as unknown
 
 PhotoLike = Union[np.ndarray, Image.Image, str, Path]
@@ -52,84 +54,6 @@ def load_rgb(photo: PhotoLike) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-# ---------------------------------------------------------------- geometry (vectorised over N quads)
-
-
-def _sides(q: np.ndarray) -> np.ndarray:
-    """(N,4) side lengths; side i runs from corner i to corner i+1."""
-    return np.linalg.norm(np.roll(q, -1, axis=1) - q, axis=2)
-
-
-def order_geometric(quads: np.ndarray) -> np.ndarray:
-    """Clockwise corners starting so that side 0-1 is a short side facing up (left, for a card on its side)."""
-    q = np.asarray(quads, np.float64)
-    single = q.ndim == 2
-    q = q.reshape(-1, 4, 2)
-    c = q.mean(1, keepdims=True)
-    ang = np.arctan2(q[..., 1] - c[..., 1], q[..., 0] - c[..., 0])  # ascending = clockwise on screen (y down)
-    q = np.take_along_axis(q, np.argsort(ang, axis=1)[..., None], axis=1)
-    s = _sides(q)
-    first = np.where(s[:, 0] + s[:, 2] <= s[:, 1] + s[:, 3], 0, 1)  # index of one short side
-    mids = (q + np.roll(q, -1, axis=1)) / 2 - c
-    mids /= np.linalg.norm(mids, axis=2, keepdims=True) + 1e-9
-    up = mids[..., 1] + 1e-3 * mids[..., 0]  # most upward; ties (a card on its side) go to the left side
-    rows = np.arange(len(q))
-    start = np.where(up[rows, first] <= up[rows, first + 2], first, first + 2)
-    idx = (start[:, None] + np.arange(4)) % 4
-    out = np.take_along_axis(q, idx[..., None], axis=1).astype(np.float32)
-    return out[0] if single else out
-
-
-def card_aspect(quads: np.ndarray, focal: float) -> np.ndarray:
-    """Width/height of the rectangle behind each quad (clockwise TL,TR,BR,BL, centred coords), undoing perspective."""
-    q = np.asarray(quads, np.float64).reshape(-1, 4, 2)
-    m = np.concatenate([q, np.ones(q.shape[:2] + (1,))], axis=2)
-    m1, m2, m3, m4 = m[:, 0], m[:, 1], m[:, 3], m[:, 2]  # Zhang & He: m1=(0,0) m2=(w,0) m3=(0,h) m4=(w,h)
-    c14 = np.cross(m1, m4)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        k2 = (c14 * m3).sum(1) / (np.cross(m2, m4) * m3).sum(1)
-        k3 = (c14 * m2).sum(1) / (np.cross(m3, m4) * m2).sum(1)
-        n2, n3 = k2[:, None] * m2 - m1, k3[:, None] * m3 - m1
-        w2 = (n2[:, 0] ** 2 + n2[:, 1] ** 2) / focal**2 + n2[:, 2] ** 2
-        h2 = (n3[:, 0] ** 2 + n3[:, 1] ** 2) / focal**2 + n3[:, 2] ** 2
-        return np.sqrt(w2 / h2)
-
-
-def _aspect_score(q: np.ndarray, focal: float, centre: np.ndarray) -> np.ndarray:
-    """1 for a 5:7 rectangle behind the quad, falling to ~0 at +-25 % (side ratio or perspective-corrected)."""
-    s = _sides(q)
-    errs = []
-    for r in ((s[:, 0] + s[:, 2]) / (s[:, 1] + s[:, 3] + 1e-9), card_aspect(q - centre, focal)):
-        r = np.where(np.isfinite(r) & (r > 0), r, 1e6)
-        errs.append(np.abs(np.log(np.minimum(r, 1 / r) / CARD_ASPECT)))
-    return np.exp(-(np.minimum(*errs) / 0.12) ** 2)
-
-
-def _convex_ok(q: np.ndarray) -> np.ndarray:
-    """Convex, with interior angles a card can show under <= ~45 degrees of tilt (~41..139 degrees)."""
-    u = np.roll(q, 1, axis=1) - q
-    v = np.roll(q, -1, axis=1) - q
-    cos = (u * v).sum(2) / (np.linalg.norm(u, axis=2) * np.linalg.norm(v, axis=2) + 1e-9)
-    cross = u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
-    return (np.abs(cos) < 0.75).all(1) & ((cross > 0).all(1) | (cross < 0).all(1))
-
-
-def quad_iou(a: np.ndarray, b: np.ndarray, shape=None) -> float:
-    """Intersection over union of two convex quadrilaterals (exact polygon areas; `shape` is not needed)."""
-    pa, pb = (cv2.convexHull(np.asarray(x, np.float32).reshape(-1, 1, 2)) for x in (a, b))
-    inter, _ = cv2.intersectConvexConvex(pa, pb)
-    union = cv2.contourArea(pa) + cv2.contourArea(pb) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def corner_error(pred: np.ndarray, true: np.ndarray, orientation_agnostic: bool = True) -> float:
-    """Mean corner distance as a fraction of the true card's diagonal; agnostic: best of the 4 cyclic shifts."""
-    p, t = np.asarray(pred, np.float64).reshape(4, 2), np.asarray(true, np.float64).reshape(4, 2)
-    diag = 0.5 * (np.linalg.norm(t[2] - t[0]) + np.linalg.norm(t[3] - t[1]))
-    shifts = range(4) if orientation_agnostic else (0,)
-    return float(min(np.linalg.norm(np.roll(p, -k, 0) - t, axis=1).mean() for k in shifts) / diag)
-
-
 # ---------------------------------------------------------------- rectification and orientation
 
 
@@ -137,7 +61,7 @@ def rectify(photo: PhotoLike, corners: np.ndarray, out_size=(160, 112)) -> np.nd
     """Perspective-warp the quad (TL,TR,BR,BL) to an RGB uint8 5:7 portrait of out_size (H, W)."""
     rgb = load_rgb(photo)
     q = np.asarray(corners, np.float64).reshape(4, 2)
-    s = _sides(q[None])[0]
+    s = side_lengths(q[None])[0]
     if s[0] + s[2] > s[1] + s[3]:
         q = np.roll(q, 1, axis=0)  # landscape: the card lies on its side; its left side becomes the top
     h, w = int(out_size[0]), int(out_size[1])
@@ -306,7 +230,7 @@ def _line_quads(lines, min_long: float, max_quads: int = 48) -> np.ndarray:
     overlap = np.clip(np.minimum(hi, ext[..., 1]) - np.maximum(lo, ext[..., 0]), 0, None)
     outside = (ext[..., 1] - ext[..., 0]) - overlap
     ok = ((overlap > 0.3 * side_len) & (outside < 0.25 * side_len + 4)).all(1) & (side_len.max(1) >= min_long)
-    ok[ok] = _convex_ok(corners[ok])
+    ok[ok] = convex_ok(corners[ok])
     corners, cover = corners[ok], (overlap / (side_len + 1e-9))[ok]
     sl = side_len[ok]
     r = (sl[:, 0] + sl[:, 2]) / (sl[:, 1] + sl[:, 3] + 1e-9)
@@ -318,7 +242,7 @@ def _line_quads(lines, min_long: float, max_quads: int = 48) -> np.ndarray:
 # ---------------------------------------------------------------- edge evidence
 
 
-def _fit_sides(img: np.ndarray, quads: np.ndarray, radius: int, grads=None, samples: int = 24):
+def _fitside_lengths(img: np.ndarray, quads: np.ndarray, radius: int, grads=None, samples: int = 24):
     """Snap each side of each quad (N,4,2 clockwise) to the strongest straight edge within +-radius px.
 
     Returns refined quads, per-side support (fraction of visible samples on the fitted line; with `grads` = (gx, gy)
@@ -391,129 +315,7 @@ def _scores(q, support, strength, focal, centre) -> np.ndarray:
     """Confidence 0..1: straight edge evidence on all four sides times 5:7 consistency."""
     edges = 0.7 * support.mean(1) + 0.3 * support.min(1)
     contrast = np.minimum(1.0, strength.mean(1) / 15.0)
-    return edges * (0.6 + 0.4 * contrast) * _aspect_score(q, focal, centre) * _convex_ok(q)
-
-
-# ---------------------------------------------------------------- choosing among candidates
-
-
-def _area(q) -> float:
-    return float(cv2.contourArea(np.asarray(q, np.float32)))
-
-
-def _inside(inner, outer) -> float:
-    """Fraction of `inner` covered by `outer`."""
-    inter, _ = cv2.intersectConvexConvex(np.asarray(inner, np.float32), np.asarray(outer, np.float32))
-    return float(inter / max(_area(inner), 1e-6))
-
-
-def _band_stats(rgb: np.ndarray, outer, inner) -> np.ndarray:
-    """Mean colour and spread of the green channel (~luminance) in the band between two nested quads."""
-    mask = np.zeros(rgb.shape[:2], np.uint8)
-    cv2.fillPoly(mask, [np.round(outer).astype(np.int32)], 1)
-    cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], 0)
-    px = rgb[mask.astype(bool)].astype(np.float32)
-    return np.append(px.mean(0), px[:, 1].std()) if len(px) >= 8 else np.full(4, np.nan, np.float32)
-
-
-def _is_sleeve(rgb, outer, inner) -> bool:
-    """Is the band between outer and inner the background seen through clear plastic, not a card's printed border?
-
-    Physical sizes decide first: a printed border leaves ~84 % of the card inside it, a sleeve holds a card of ~92 %
-    of its area, a toploader ~72 %. Then the band must look like the outside, lightened by plastic, texture and all."""
-    ratio = _area(inner) / max(_area(outer), 1e-6)
-    if 0.8 < ratio < 0.885:
-        return False
-    f = np.sqrt(1 / ratio)
-    c_out = outer.mean(0)
-    ring, out = _band_stats(rgb, outer, inner), _band_stats(rgb, c_out + (outer - c_out) * f, outer)
-    if np.isnan(np.concatenate([ring, out])).any():
-        return False
-    plastic = np.array([235.0, 238.0, 242.0])
-    alpha = np.clip(np.dot(ring[:3] - out[:3], plastic - out[:3]) / (np.sum((plastic - out[:3]) ** 2) + 1e-6), 0, 0.3)
-    residual = np.linalg.norm(ring[:3] - (out[:3] + alpha * (plastic - out[:3])))
-    return bool(residual < 20 and ring[3] >= 0.5 * out[3] - 3)
-
-
-def _same_orientation(a, b) -> bool:
-    """Do two quads (geometric order: side 0 is short) stand the same way, both portrait or both on their side?"""
-    da, db = a[1] - a[0], b[1] - b[0]
-    return abs(np.dot(da, db)) > 0.8 * np.linalg.norm(da) * np.linalg.norm(db)
-
-
-def _ring_gap(outer, inner, lo: float = 0.01, hi: float = 0.05) -> bool:
-    """Does `outer` run outside `inner` at a border's width (lo..hi of its long side) on all four sides?"""
-    o, i = np.asarray(outer, np.float64), np.asarray(inner, np.float64)
-    d = np.roll(o, -1, axis=0) - o
-    n = np.stack([d[:, 1], -d[:, 0]], axis=1) / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-9)
-    mid = (i + np.roll(i, -1, axis=0)) / 2
-    gap = np.abs(((mid - o) * n).sum(1)) / _sides(o[None])[0].max()
-    return bool(((gap >= lo) & (gap <= hi)).all())
-
-
-def _select(cands: list, rgb: np.ndarray, max_cards: int) -> list:
-    """Drop duplicates, groups (a binder page around cards), sleeves around cards, and anything printed on a card.
-
-    `cands`: (quad, score) with score >= some floor; returns them best first."""
-    kept = []
-    for c in sorted(cands, key=lambda c: -c[1]):
-        if all(quad_iou(c[0], k[0]) < 0.95 for k in kept):  # a printed frame or a sleeve overlaps its card ~0.85-0.92
-            kept.append(c)
-    areas = [_area(c[0]) for c in kept]
-    alive = [True] * len(kept)
-    for i in sorted(range(len(kept)), key=lambda i: -areas[i]):
-        outer, score = kept[i]
-        if not alive[i] or score < 0.6 * MIN_CONFIDENCE:  # a faint card outline still vouches for what is on it
-            continue
-        nested = [j for j in range(len(kept)) if j != i and alive[j] and areas[j] < 0.98 * areas[i]
-                  and _inside(kept[j][0], outer) > 0.9]
-        cards = [j for j in nested if kept[j][1] >= MIN_CONFIDENCE and _same_orientation(kept[j][0], outer)
-                 and 0.08 < areas[j] / areas[i] < 0.62]  # two cards side by side look 5:7 together too
-        disjoint = []
-        for j in sorted(cards, key=lambda j: -kept[j][1]):  # a card's own printed frame must not hide it
-            if all(quad_iou(kept[j][0], kept[k][0]) < 0.1 and _inside(kept[j][0], kept[k][0]) < 0.5 for k in disjoint):
-                disjoint.append(j)
-        if len(disjoint) >= 2 and sum(areas[j] for j in disjoint) > 0.4 * areas[i]:
-            alive[i] = False  # a binder page or a pile: the cards inside are the answer
-            continue
-        # one object seen as nested outlines (sleeve, card, printed frame, and mixtures): keep the card's
-        chain = [i] + [j for j in nested if areas[j] >= 0.6 * areas[i] and _same_orientation(kept[j][0], outer)]
-        top = max(kept[k][1] for k in chain)
-        strong = sorted((k for k in chain if kept[k][1] >= 0.6 * top), key=lambda k: -areas[k])
-        best = strong[-1]
-        eligible = set(strong)
-        # in a toploader the sides of plastic, card and printed frame mix into outlines of every size: the one with
-        # a card's plain printed border just inside all four sides is the card. Unless a strong outline runs a
-        # border's width outside it all round: then it may be a printed frame inside its card, or a card in a
-        # sleeve, and the rules below decide.
-        bordered = next((k for k in sorted(chain, key=lambda k: -areas[k]) if kept[k][1] >= BORDERED_MIN * top
-                         and not any(_ring_gap(kept[m][0], kept[k][0]) for m in strong if areas[m] > 1.02 * areas[k])
-                         and border_band(rgb, kept[k][0]) and not plastic_edge(rgb, kept[k][0])), None)
-        if bordered is not None:  # the largest such outline
-            best, eligible = bordered, set()
-        for k in sorted(chain, key=lambda k: -areas[k]):  # the outermost good outline not of clear plastic
-            if k not in eligible:
-                continue
-            held = [j for j in chain if 0.6 <= areas[j] / areas[k] <= 0.8 or (j in strong and
-                    0.885 <= areas[j] / areas[k] < 0.96 and border_band(rgb, kept[j][0]))]  # toploader, sleeve
-            sleeved = [j for j in held if _is_sleeve(rgb, kept[k][0], kept[j][0])]
-            if not sleeved and not plastic_edge(rgb, kept[k][0]):
-                best = k
-                break
-            eligible.update(sleeved)  # a card seen through a toploader's thick plastic may have weaker edges
-        for j in chain:
-            alive[j] = j == best
-        for j in nested:  # boxes printed on the card lie across it or are weaker; a card on a larger thing is not
-            if j not in chain and (kept[j][1] < kept[best][1] or not _same_orientation(kept[j][0], kept[best][0])):
-                alive[j] = False
-    chosen = []
-    for i in sorted(range(len(kept)), key=lambda i: -kept[i][1]):
-        if alive[i] and kept[i][1] >= MIN_CONFIDENCE and all(
-                quad_iou(kept[i][0], c[0]) < 0.1 and _inside(kept[i][0], c[0]) < 0.5 for c in chosen):
-            chosen.append(kept[i])
-        if len(chosen) == max_cards:
-            break
-    return chosen
+    return edges * (0.6 + 0.4 * contrast) * aspect_score(q, focal, centre) * convex_ok(q)
 
 
 # ---------------------------------------------------------------- public API
@@ -545,21 +347,21 @@ def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0
     quads = quads[np.sort(first)]
     img = blur.astype(np.float32)
     grads = (cv2.Sobel(img, cv2.CV_32F, 1, 0), cv2.Sobel(img, cv2.CV_32F, 0, 1))
-    quads, _, _ = _fit_sides(img, quads, radius=6)
-    quads, support, strength = _fit_sides(img, quads, radius=3, grads=grads)
+    quads, _, _ = _fitside_lengths(img, quads, radius=6)
+    quads, support, strength = _fitside_lengths(img, quads, radius=3, grads=grads)
     focal = 1.0 * max(sh, sw)  # a phone's main camera: ~70 degree diagonal field of view
     scores = _scores(quads, support, strength, focal, np.array([sw / 2, sh / 2]))
     # the printed inner frame is often the stronger edge 3-5 % inside the card's cut edge: offer the cut edge too
     top = np.argsort(-scores)[:OUTWARD_TRIES]
     c = quads[top].mean(1, keepdims=True)
-    wider, sup2, str2 = _fit_sides(img, c + (quads[top] - c) * (1 + BORDER_FRAC), radius=3, grads=grads)
+    wider, sup2, str2 = _fitside_lengths(img, c + (quads[top] - c) * (1 + BORDER_FRAC), radius=3, grads=grads)
     quads = np.concatenate([quads, wider])
     scores = np.concatenate([scores, _scores(wider, sup2, str2, focal, np.array([sw / 2, sh / 2]))])
-    long_side = _sides(quads).max(1)
+    long_side = side_lengths(quads).max(1)
     keep = np.nonzero((scores >= 0.3) & (long_side >= min_long))[0]
     keep = keep[np.argsort(-scores[keep])][:40]
     cands = [(order_geometric(q).astype(np.float64), float(s)) for q, s in zip(quads[keep], scores[keep])]
-    chosen = _select(cands, small, max_cards)
+    chosen = select_cards(cands, small, max_cards)
     for q, s in cands:
         if alternatives <= 0 or s < ALTERNATIVE_MIN:
             break

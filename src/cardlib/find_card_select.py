@@ -1,0 +1,131 @@
+"""Choosing cards among candidate outlines: duplicates, binder pages around cards, sleeves and toploaders around
+cards, frames printed on cards."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from cardlib.find_card_band import border_band, plastic_edge
+from cardlib.find_card_geometry import quad_iou, side_lengths
+
+MIN_CONFIDENCE = 0.45  # below this a candidate is texture, not a card (tuned on card-free photos)
+BORDERED_MIN = 0.75  # an outline with a card's printed border all round wins among nested ones this close in score
+
+
+def _area(q) -> float:
+    return float(cv2.contourArea(np.asarray(q, np.float32)))
+
+
+def _inside(inner, outer) -> float:
+    """Fraction of `inner` covered by `outer`."""
+    inter, _ = cv2.intersectConvexConvex(np.asarray(inner, np.float32), np.asarray(outer, np.float32))
+    return float(inter / max(_area(inner), 1e-6))
+
+
+def _band_stats(rgb: np.ndarray, outer, inner) -> np.ndarray:
+    """Mean colour and spread of the green channel (~luminance) in the band between two nested quads."""
+    mask = np.zeros(rgb.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(outer).astype(np.int32)], 1)
+    cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], 0)
+    px = rgb[mask.astype(bool)].astype(np.float32)
+    return np.append(px.mean(0), px[:, 1].std()) if len(px) >= 8 else np.full(4, np.nan, np.float32)
+
+
+def _is_sleeve(rgb, outer, inner) -> bool:
+    """Is the band between outer and inner the background seen through clear plastic, not a card's printed border?
+
+    Physical sizes decide first: a printed border leaves ~84 % of the card inside it, a sleeve holds a card of ~92 %
+    of its area, a toploader ~72 %. Then the band must look like the outside, lightened by plastic, texture and all."""
+    ratio = _area(inner) / max(_area(outer), 1e-6)
+    if 0.8 < ratio < 0.885:
+        return False
+    f = np.sqrt(1 / ratio)
+    c_out = outer.mean(0)
+    ring, out = _band_stats(rgb, outer, inner), _band_stats(rgb, c_out + (outer - c_out) * f, outer)
+    if np.isnan(np.concatenate([ring, out])).any():
+        return False
+    plastic = np.array([235.0, 238.0, 242.0])
+    alpha = np.clip(np.dot(ring[:3] - out[:3], plastic - out[:3]) / (np.sum((plastic - out[:3]) ** 2) + 1e-6), 0, 0.3)
+    residual = np.linalg.norm(ring[:3] - (out[:3] + alpha * (plastic - out[:3])))
+    return bool(residual < 20 and ring[3] >= 0.5 * out[3] - 3)
+
+
+def _same_orientation(a, b) -> bool:
+    """Do two quads (geometric order: side 0 is short) stand the same way, both portrait or both on their side?"""
+    da, db = a[1] - a[0], b[1] - b[0]
+    return abs(np.dot(da, db)) > 0.8 * np.linalg.norm(da) * np.linalg.norm(db)
+
+
+def _ring_gap(outer, inner, lo: float = 0.01, hi: float = 0.05) -> bool:
+    """Does `outer` run outside `inner` at a border's width (lo..hi of its long side) on all four sides?"""
+    o, i = np.asarray(outer, np.float64), np.asarray(inner, np.float64)
+    d = np.roll(o, -1, axis=0) - o
+    n = np.stack([d[:, 1], -d[:, 0]], axis=1) / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-9)
+    mid = (i + np.roll(i, -1, axis=0)) / 2
+    gap = np.abs(((mid - o) * n).sum(1)) / side_lengths(o[None])[0].max()
+    return bool(((gap >= lo) & (gap <= hi)).all())
+
+
+def select_cards(cands: list, rgb: np.ndarray, max_cards: int) -> list:
+    """Drop duplicates, groups (a binder page around cards), sleeves around cards, and anything printed on a card.
+
+    `cands`: (quad, score) with score >= some floor; returns them best first."""
+    kept = []
+    for c in sorted(cands, key=lambda c: -c[1]):
+        if all(quad_iou(c[0], k[0]) < 0.95 for k in kept):  # a printed frame or a sleeve overlaps its card ~0.85-0.92
+            kept.append(c)
+    areas = [_area(c[0]) for c in kept]
+    alive = [True] * len(kept)
+    for i in sorted(range(len(kept)), key=lambda i: -areas[i]):
+        outer, score = kept[i]
+        if not alive[i] or score < 0.6 * MIN_CONFIDENCE:  # a faint card outline still vouches for what is on it
+            continue
+        nested = [j for j in range(len(kept)) if j != i and alive[j] and areas[j] < 0.98 * areas[i]
+                  and _inside(kept[j][0], outer) > 0.9]
+        cards = [j for j in nested if kept[j][1] >= MIN_CONFIDENCE and _same_orientation(kept[j][0], outer)
+                 and 0.08 < areas[j] / areas[i] < 0.62]  # two cards side by side look 5:7 together too
+        disjoint = []
+        for j in sorted(cards, key=lambda j: -kept[j][1]):  # a card's own printed frame must not hide it
+            if all(quad_iou(kept[j][0], kept[k][0]) < 0.1 and _inside(kept[j][0], kept[k][0]) < 0.5 for k in disjoint):
+                disjoint.append(j)
+        if len(disjoint) >= 2 and sum(areas[j] for j in disjoint) > 0.4 * areas[i]:
+            alive[i] = False  # a binder page or a pile: the cards inside are the answer
+            continue
+        # one object seen as nested outlines (sleeve, card, printed frame, and mixtures): keep the card's
+        chain = [i] + [j for j in nested if areas[j] >= 0.6 * areas[i] and _same_orientation(kept[j][0], outer)]
+        top = max(kept[k][1] for k in chain)
+        strong = sorted((k for k in chain if kept[k][1] >= 0.6 * top), key=lambda k: -areas[k])
+        best = strong[-1]
+        eligible = set(strong)
+        # in a toploader the sides of plastic, card and printed frame mix into outlines of every size: the one with
+        # a card's plain printed border just inside all four sides is the card. Unless a strong outline runs a
+        # border's width outside it all round: then it may be a printed frame inside its card, or a card in a
+        # sleeve, and the rules below decide.
+        bordered = next((k for k in sorted(chain, key=lambda k: -areas[k]) if kept[k][1] >= BORDERED_MIN * top
+                         and not any(_ring_gap(kept[m][0], kept[k][0]) for m in strong if areas[m] > 1.02 * areas[k])
+                         and border_band(rgb, kept[k][0]) and not plastic_edge(rgb, kept[k][0])), None)
+        if bordered is not None:  # the largest such outline
+            best, eligible = bordered, set()
+        for k in sorted(chain, key=lambda k: -areas[k]):  # the outermost good outline not of clear plastic
+            if k not in eligible:
+                continue
+            held = [j for j in chain if 0.6 <= areas[j] / areas[k] <= 0.8 or (j in strong and
+                    0.885 <= areas[j] / areas[k] < 0.96 and border_band(rgb, kept[j][0]))]  # toploader, sleeve
+            sleeved = [j for j in held if _is_sleeve(rgb, kept[k][0], kept[j][0])]
+            if not sleeved and not plastic_edge(rgb, kept[k][0]):
+                best = k
+                break
+            eligible.update(sleeved)  # a card seen through a toploader's thick plastic may have weaker edges
+        for j in chain:
+            alive[j] = j == best
+        for j in nested:  # boxes printed on the card lie across it or are weaker; a card on a larger thing is not
+            if j not in chain and (kept[j][1] < kept[best][1] or not _same_orientation(kept[j][0], kept[best][0])):
+                alive[j] = False
+    chosen = []
+    for i in sorted(range(len(kept)), key=lambda i: -kept[i][1]):
+        if alive[i] and kept[i][1] >= MIN_CONFIDENCE and all(
+                quad_iou(kept[i][0], c[0]) < 0.1 and _inside(kept[i][0], c[0]) < 0.5 for c in chosen):
+            chosen.append(kept[i])
+        if len(chosen) == max_cards:
+            break
+    return chosen
