@@ -67,8 +67,8 @@ def convex_ok(q: np.ndarray) -> np.ndarray:
     return (np.abs(cos) < 0.75).all(1) & ((cross > 0).all(1) | (cross < 0).all(1))
 
 
-def quad_iou(a: np.ndarray, b: np.ndarray, shape=None) -> float:
-    """Intersection over union of two convex quadrilaterals (exact polygon areas; `shape` is not needed)."""
+def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two convex quadrilaterals (exact polygon areas)."""
     pa, pb = (cv2.convexHull(np.asarray(x, np.float32).reshape(-1, 1, 2)) for x in (a, b))
     inter, _ = cv2.intersectConvexConvex(pa, pb)
     union = cv2.contourArea(pa) + cv2.contourArea(pb) - inter

@@ -7,6 +7,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from cardlib.find_card import both_orientations
+
 HASH_SIZE = 8  # 8x8 = 64 bits per hash, the size card scanners use
 HASH_BITS = 2 * HASH_SIZE * HASH_SIZE  # pHash + dHash
 HASH_BYTES = HASH_BITS // 8
@@ -65,13 +67,13 @@ def gallery_check(crops: list[np.ndarray], gallery_bits: np.ndarray, gallery_sig
                   margin: float = GALLERY_CHECK_MARGIN) -> tuple[int, list[float]]:
     """Which of a photo's candidate crops (the finder's choice first) shows a card of the gallery?
 
-    Each crop's best pHash+dHash similarity to any gallery card, upright or turned 180°; an alternative wins only
-    by `margin` over the finder's choice. A look-alike outline (a printed box, a sleeve mixed with the card, a
+    Each crop's best pHash+dHash similarity to any gallery card, upright or turned 180°; going through the
+    alternatives in order, one replaces the current choice only when it matches `margin` better. A look-alike outline (a printed box, a sleeve mixed with the card, a
     block of the table) matches nothing in particular (~0.6 over thousands of cards); the card itself matches
     its own entry (~0.8–0.95). Returns the chosen index and every crop's best similarity."""
     if not crops:
         raise ValueError("gallery_check needs at least one candidate crop")
-    both = [o for c in crops for o in (c, np.ascontiguousarray(np.asarray(c)[::-1, ::-1]))]
+    both = [o for c in crops for o in both_orientations(c)]
     sim = hash_similarity(card_hashes(both), gallery_bits, gallery_signs)
     best = [float(x) for x in sim.max(axis=1).reshape(len(crops), 2).max(axis=1)]
     k = 0

@@ -112,10 +112,10 @@ def _init_worker(job: Optional[dict]) -> None:
     _JOB = job
     if job is not None and job["data"].crops == "find_card":  # the gallery recognize will search: all references
         from cardlib.hashing import card_hashes
+        from cardlib.preprocess import Preprocess
 
         h, w = job["data"].input_size
-        job["gallery_bits"] = card_hashes(
-            cv2.resize(r, (w, h), interpolation=cv2.INTER_AREA) for r in job["refs"].values())
+        job["gallery_bits"] = card_hashes(Preprocess(height=h, width=w).resize_uint8(r) for r in job["refs"].values())
 
 
 def _photo_job(row: dict) -> dict:
