@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, convex_ok, corner_error, order_geometric, quad_iou,
                                         side_lengths)
+from cardlib.find_card_rank import rank_outlines
 from cardlib.find_card_select import select_cards
 
 __all__ = ["CardCandidate", "both_orientations", "corner_error", "detect_quads", "find_card", "guess_upright",
@@ -311,6 +312,16 @@ def _fitside_lengths(img: np.ndarray, quads: np.ndarray, radius: int, grads=None
     return refined, support, strength
 
 
+def _distinct(quads: np.ndarray, order, tol: float = 1.5) -> np.ndarray:
+    """Indices (in `order`) of quads whose corners all lie within `tol` px of no earlier kept quad's: sides snapped
+    to the same edges from different starts give the same outline many times over."""
+    kept = []
+    for k in order:
+        if not kept or np.abs(quads[kept] - quads[k]).max(axis=2).max(axis=1).min() > tol:
+            kept.append(k)
+    return np.array(kept, int)
+
+
 def _scores(q, support, strength, focal, centre) -> np.ndarray:
     """Confidence 0..1: straight edge evidence on all four sides times 5:7 consistency."""
     edges = 0.7 * support.mean(1) + 0.3 * support.min(1)
@@ -321,10 +332,9 @@ def _scores(q, support, strength, focal, centre) -> np.ndarray:
 # ---------------------------------------------------------------- public API
 
 
-def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0.15,
-                 alternatives: int = 0) -> list[tuple[np.ndarray, float]]:
-    """Card quads (geometric order, photo pixels) with confidences, best first; then up to `alternatives` other
-    strong outlines, overlapping allowed, for a caller that can tell a card from a look-alike (a gallery can)."""
+def candidate_outlines(rgb: np.ndarray, min_height_frac: float = 0.15) -> tuple[list, np.ndarray, float]:
+    """Distinct card-like outlines (quad in geometric order, edge score), best score first, in the working copy
+    of the photo; returns them with the working copy and its scale."""
     h, w = rgb.shape[:2]
     scale = min(1.0, WORK_SIDE / max(h, w))
     small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
@@ -341,16 +351,19 @@ def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0
     raw = np.concatenate([np.array(raw, np.float64).reshape(-1, 4, 2),
                           _line_quads(_merge_lines(np.array(segs, np.float64).reshape(-1, 4), mag), min_long)])
     if not len(raw):
-        return []
+        return [], small, scale
     quads = order_geometric(raw).astype(np.float64)
     _, first = np.unique(np.round(quads.reshape(len(quads), -1) / 3), axis=0, return_index=True)
     quads = quads[np.sort(first)]
     img = blur.astype(np.float32)
     grads = (cv2.Sobel(img, cv2.CV_32F, 1, 0), cv2.Sobel(img, cv2.CV_32F, 0, 1))
     quads, _, _ = _fitside_lengths(img, quads, radius=6)
+    quads = quads[_distinct(quads, range(len(quads)))]
     quads, support, strength = _fitside_lengths(img, quads, radius=3, grads=grads)
     focal = 1.0 * max(sh, sw)  # a phone's main camera: ~70 degree diagonal field of view
     scores = _scores(quads, support, strength, focal, np.array([sw / 2, sh / 2]))
+    first = _distinct(quads, np.argsort(-scores))
+    quads, scores = quads[first], scores[first]
     # the printed inner frame is often the stronger edge 3-5 % inside the card's cut edge: offer the cut edge too
     top = np.argsort(-scores)[:OUTWARD_TRIES]
     c = quads[top].mean(1, keepdims=True)
@@ -359,9 +372,17 @@ def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0
     scores = np.concatenate([scores, _scores(wider, sup2, str2, focal, np.array([sw / 2, sh / 2]))])
     long_side = side_lengths(quads).max(1)
     keep = np.nonzero((scores >= 0.3) & (long_side >= min_long))[0]
-    keep = keep[np.argsort(-scores[keep])][:40]
+    keep = _distinct(quads, keep[np.argsort(-scores[keep])])[:40]
     cands = [(order_geometric(q).astype(np.float64), float(s)) for q, s in zip(quads[keep], scores[keep])]
-    chosen = select_cards(cands, small, max_cards)
+    return cands, small, scale
+
+
+def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0.15,
+                 alternatives: int = 0) -> list[tuple[np.ndarray, float]]:
+    """Card quads (geometric order, photo pixels) with confidences, best first; then up to `alternatives` other
+    strong outlines, overlapping allowed, for a caller that can tell a card from a look-alike (a gallery can)."""
+    cands, small, scale = candidate_outlines(rgb, min_height_frac)
+    chosen = rank_outlines(cands, select_cards(cands, small, max_cards), small)
     for q, s in cands:
         if alternatives <= 0 or s < ALTERNATIVE_MIN:
             break

@@ -22,47 +22,65 @@ def _view(rgb: np.ndarray, quad: np.ndarray) -> np.ndarray:
                                borderMode=cv2.BORDER_REFLECT).astype(np.float32)
 
 
-def _strips(v: np.ndarray, lo: int, hi: int) -> list[np.ndarray]:
-    """Pixels of the four bands between lo and hi px outside the quad's sides (negative: inside), corners left out."""
+def _strips(v: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of the bands between lo and hi px outside the quad's sides (negative: inside), corners left out, of
+    views (..., H, W, 3): (top and bottom stacked, left and right stacked), each (..., 2, n, 3)."""
     w, h, m = CARD_PX[0], CARD_PX[1], MARGIN
     cx0, cx1, cy0, cy1 = m + w // 6, m + w - w // 6, m + h // 8, m + h - h // 8
     if lo < 0:  # inside bands, measured inward from each side
         a, b = -hi, -lo
-        top = v[m + a:m + b, cx0:cx1]
-        bottom = v[m + h - b:m + h - a, cx0:cx1]
-        left = v[cy0:cy1, m + a:m + b]
-        right = v[cy0:cy1, m + w - b:m + w - a]
+        top, bottom = v[..., m + a:m + b, cx0:cx1, :], v[..., m + h - b:m + h - a, cx0:cx1, :]
+        left, right = v[..., cy0:cy1, m + a:m + b, :], v[..., cy0:cy1, m + w - b:m + w - a, :]
     else:
-        top = v[m - hi:m - lo, cx0:cx1]
-        bottom = v[m + h + lo:m + h + hi, cx0:cx1]
-        left = v[cy0:cy1, m - hi:m - lo]
-        right = v[cy0:cy1, m + w + lo:m + w + hi]
-    return [x.reshape(-1, 3) for x in (top, right, bottom, left)]
+        top, bottom = v[..., m - hi:m - lo, cx0:cx1, :], v[..., m + h + lo:m + h + hi, cx0:cx1, :]
+        left, right = v[..., cy0:cy1, m - hi:m - lo, :], v[..., cy0:cy1, m + w + lo:m + w + hi, :]
+    lead = v.shape[:-3]
+    return tuple(np.stack([x.reshape(*lead, -1, 3), y.reshape(*lead, -1, 3)], axis=-3)
+                 for x, y in ((top, bottom), (left, right)))
 
 
-def side_bands(rgb: np.ndarray, quad: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per side (4): median colour 1..depth px (of 112) inside, median colour just outside, luminance spread inside."""
-    v = _view(rgb, quad)
-    inside = _strips(v, -depth, -1)
-    outside = _strips(v, 2, 10)
-    med_in = np.array([np.median(x, axis=0) for x in inside])
-    med_out = np.array([np.median(x, axis=0) for x in outside])
-    spread = np.array([np.percentile(x[:, 1], 90) - np.percentile(x[:, 1], 10) for x in inside])
-    return med_in, med_out, spread
+def _per_side(tb: np.ndarray, lr: np.ndarray) -> np.ndarray:
+    """Per-side values (..., 2, C) of (top, bottom) and (left, right) back in side order: top, right, bottom, left."""
+    return np.stack([tb[..., 0, :], lr[..., 1, :], tb[..., 1, :], lr[..., 0, :]], axis=-2)
 
 
-def plastic_edge(rgb: np.ndarray, quad: np.ndarray) -> bool:
-    """Is this outline the edge of clear plastic (sleeve/toploader), i.e. just inside it the table shows through?"""
-    med_in, med_out, spread = side_bands(rgb, quad, 3)  # a sleeve's film shows ~2.5 % of the width
+def band_view(rgb: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """What `side_bands` reads: the quad's normalised view (stack several to measure them at once)."""
+    return _view(rgb, quad)
+
+
+def side_bands(views: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per side (4) of one `band_view` or a stack of them (..., H, W, 3): median colour 1..depth px (of 112) inside
+    (..., 4, 3), median colour just outside (..., 4, 3), luminance spread inside (..., 4)."""
+    inside, outside = _strips(views, -depth, -1), _strips(views, 2, 10)
+    med_in = _per_side(*(np.median(x, axis=-2) for x in inside))
+    med_out = _per_side(*(np.median(x, axis=-2) for x in outside))
+    spread = _per_side(*(np.diff(np.percentile(x[..., 1], [10, 90], axis=-1), axis=0)[0][..., None] for x in inside))
+    return med_in, med_out, spread[..., 0]
+
+
+def is_plastic_edge(bands3) -> bool:
+    """From `side_bands(view, 3)`: is this the edge of clear plastic (sleeve/toploader), i.e. just inside it the
+    table shows through? A sleeve's film shows ~2.5 % of the width."""
+    med_in, med_out, _ = bands3
     d = PLASTIC - med_out
     alpha = np.clip((d * (med_in - med_out)).sum(1) / ((d * d).sum(1) + 1e-6), 0.0, 0.4)
     residual = np.linalg.norm(med_in - (med_out + alpha[:, None] * d), axis=1)
     return bool((residual < 14).sum() >= 3)
 
 
-def border_band(rgb: np.ndarray, quad: np.ndarray) -> bool:
-    """Does a card's plain printed border run just inside all four sides (one colour all round, unlike outside)?"""
-    med_in, med_out, spread = side_bands(rgb, quad, 4)  # a card's printed border is 3-5 % of its width
+def is_border_band(bands4) -> bool:
+    """From `side_bands(view, 4)`: does a card's plain printed border (3-5 % of its width) run just inside all four
+    sides (one colour all round, unlike outside)?"""
+    med_in, med_out, spread = bands4
     consistent = np.linalg.norm(med_in - np.median(med_in, axis=0), axis=1).max() < 30
     differs = (np.linalg.norm(med_in - med_out, axis=1) > 18).sum() >= 3
     return bool(consistent and differs and np.median(spread) < 40)
+
+
+def plastic_edge(rgb: np.ndarray, quad: np.ndarray) -> bool:
+    return is_plastic_edge(side_bands(band_view(rgb, quad), 3))
+
+
+def border_band(rgb: np.ndarray, quad: np.ndarray) -> bool:
+    return is_border_band(side_bands(band_view(rgb, quad), 4))

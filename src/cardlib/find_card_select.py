@@ -56,14 +56,40 @@ def _same_orientation(a, b) -> bool:
     return abs(np.dot(da, db)) > 0.8 * np.linalg.norm(da) * np.linalg.norm(db)
 
 
-def _ring_gap(outer, inner, lo: float = 0.01, hi: float = 0.05) -> bool:
-    """Does `outer` run outside `inner` at a border's width (lo..hi of its long side) on all four sides?"""
-    o, i = np.asarray(outer, np.float64), np.asarray(inner, np.float64)
-    d = np.roll(o, -1, axis=0) - o
-    n = np.stack([d[:, 1], -d[:, 0]], axis=1) / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-9)
-    mid = (i + np.roll(i, -1, axis=0)) / 2
-    gap = np.abs(((mid - o) * n).sum(1)) / side_lengths(o[None])[0].max()
-    return bool(((gap >= lo) & (gap <= hi)).all())
+def ring_gaps(outers, inners, lo: float = 0.01, hi: float = 0.05) -> np.ndarray:
+    """(len(outers), len(inners)) bool: does the outer quad run outside the inner one at a border's width (lo..hi of
+    its long side) on all four sides? Quads in geometric order, so side k of one faces side k of the other."""
+    o, i = np.asarray(outers, np.float64).reshape(-1, 4, 2), np.asarray(inners, np.float64).reshape(-1, 4, 2)
+    d = np.roll(o, -1, axis=1) - o
+    n = np.stack([d[..., 1], -d[..., 0]], axis=2) / (np.linalg.norm(d, axis=2, keepdims=True) + 1e-9)
+    mid = (i + np.roll(i, -1, axis=1)) / 2
+    gap = np.abs(((mid[None] - o[:, None]) * n[:, None]).sum(3)) / side_lengths(o).max(1)[:, None, None]
+    return ((gap >= lo) & (gap <= hi)).all(2)
+
+
+def _ring_gap(outer, inner) -> bool:
+    return bool(ring_gaps(outer, inner)[0, 0])
+
+
+def _disjoint(kept, idx) -> list:
+    """Greedy by score: outlines that neither overlap nor contain one another (a card's printed frame must not
+    hide it)."""
+    out = []
+    for j in sorted(idx, key=lambda j: -kept[j][1]):
+        if all(quad_iou(kept[j][0], kept[k][0]) < 0.1 and _inside(kept[j][0], kept[k][0]) < 0.5 for k in out):
+            out.append(j)
+    return out
+
+
+def _holds_cards(kept, areas, i, inside) -> bool:
+    """Is outline i a group of cards: two or more cards standing its way inside it, or two cards filling it, each
+    about half of it (side by side, two cards look 5:7 together, on their side)? A card's printed halves (name and
+    artwork above a line, text below) look the same but leave no gap: the two cut edges of two cards always do."""
+    along = _disjoint(kept, [j for j in inside if _same_orientation(kept[j][0], kept[i][0])])
+    if len(along) >= 2 and sum(areas[j] for j in along) > 0.4 * areas[i]:
+        return True
+    halves = _disjoint(kept, [j for j in inside if 0.35 < areas[j] / areas[i]])
+    return len(halves) >= 2 and 0.75 * areas[i] < sum(areas[j] for j in halves) < 0.92 * areas[i]
 
 
 def select_cards(cands: list, rgb: np.ndarray, max_cards: int) -> list:
@@ -82,19 +108,15 @@ def select_cards(cands: list, rgb: np.ndarray, max_cards: int) -> list:
             continue
         nested = [j for j in range(len(kept)) if j != i and alive[j] and areas[j] < 0.98 * areas[i]
                   and _inside(kept[j][0], outer) > 0.9]
-        cards = [j for j in nested if kept[j][1] >= MIN_CONFIDENCE and _same_orientation(kept[j][0], outer)
-                 and 0.08 < areas[j] / areas[i] < 0.62]  # two cards side by side look 5:7 together too
-        disjoint = []
-        for j in sorted(cards, key=lambda j: -kept[j][1]):  # a card's own printed frame must not hide it
-            if all(quad_iou(kept[j][0], kept[k][0]) < 0.1 and _inside(kept[j][0], kept[k][0]) < 0.5 for k in disjoint):
-                disjoint.append(j)
-        if len(disjoint) >= 2 and sum(areas[j] for j in disjoint) > 0.4 * areas[i]:
+        cards = [j for j in nested if kept[j][1] >= MIN_CONFIDENCE and 0.08 < areas[j] / areas[i] < 0.62]
+        if _holds_cards(kept, areas, i, cards):
             alive[i] = False  # a binder page or a pile: the cards inside are the answer
             continue
         # one object seen as nested outlines (sleeve, card, printed frame, and mixtures): keep the card's
         chain = [i] + [j for j in nested if areas[j] >= 0.6 * areas[i] and _same_orientation(kept[j][0], outer)]
         top = max(kept[k][1] for k in chain)
-        strong = sorted((k for k in chain if kept[k][1] >= 0.6 * top), key=lambda k: -areas[k])
+        floor = min(top, max(0.6 * top, MIN_CONFIDENCE))  # the card's outline must be one that could be reported
+        strong = sorted((k for k in chain if kept[k][1] >= floor), key=lambda k: -areas[k])
         best = strong[-1]
         eligible = set(strong)
         # in a toploader the sides of plastic, card and printed frame mix into outlines of every size: the one with

@@ -1,0 +1,120 @@
+"""Which of a photo's candidate outlines is the card: a logistic ranker over what the outline rules look at.
+
+The rules in `find_card_select` pick one outline per object from edge evidence, nesting and printed borders. On
+simulated photos the card's true outline is often among the candidates when the rules pick another one (its printed
+inner frame, a sleeve, a box on the table). The ranker scores every candidate from the rules' choice, its edge score,
+its nesting (outlines a border's width outside or inside it), the printed border and clear plastic along its sides,
+its size and its position, with weights fitted on simulated photos (`fit_ranker`), and keeps the best outline of
+each chosen object. The weights are a small JSON file shipped with the package (`find_card_ranker.json`).
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cardlib.find_card_band import band_view, is_border_band, is_plastic_edge, side_bands
+from cardlib.find_card_geometry import quad_iou
+from cardlib.find_card_select import _area, _inside, ring_gaps
+
+WEIGHTS = Path(__file__).with_name("find_card_ranker.json")
+FEATURES = ("score", "score_to_top", "score_rank", "chosen", "iou_chosen", "log_area_photo", "log_area_chosen",
+            "border_band", "plastic_edge", "ring_outside", "ring_inside", "cards_inside", "inside_larger",
+            "outside_photo", "centre_offset", "inside_uneven", "outside_uneven", "in_out_contrast", "in_out_weakest",
+            "inside_spread")
+POOL = 40  # candidates scored per photo (best edge scores first): the card's outline is nearly always among them
+
+
+def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """(N, len(FEATURES)) for candidates (quad, edge score) against the rules' choice for this object."""
+    h, w = rgb.shape[:2]
+    quads = [np.asarray(q, np.float64) for q, _ in cands]
+    scores = np.array([s for _, s in cands], np.float64)
+    areas = np.array([_area(q) for q in quads])
+    frame = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    chosen_area = max(_area(chosen_quad), 1e-6)
+    rings = ring_gaps(quads, quads)  # rings[a, b]: a runs a border's width outside b
+    bigger = areas[:, None] > 1.02 * areas[None, :]
+    covered = _coverage(quads, areas)  # covered[a, b]: share of a inside b
+    views = np.stack([band_view(rgb, q) for q in quads])
+    b4, b3 = side_bands(views, 4), side_bands(views, 3)
+    rows = []
+    for i, (q, s) in enumerate(zip(quads, scores)):
+        others = (scores >= 0.6 * s) & (np.arange(len(quads)) != i)
+        nested = (areas < 0.98 * areas[i]) & (covered[:, i] > 0.9)
+        bands = tuple(b[i] for b in b4)
+        med_in, med_out, spread = bands
+        rows.append([
+            s, s / max(scores.max(), 1e-6), min(i, 10) / 10.0,
+            float(np.abs(q - chosen_quad).max() < 1e-6), quad_iou(q, chosen_quad),
+            np.log(max(areas[i], 1.0) / (h * w)), np.log(max(areas[i], 1.0) / chosen_area),
+            float(is_border_band(bands)), float(is_plastic_edge(tuple(b[i] for b in b3))),
+            float((others & bigger[:, i] & rings[:, i]).any()), float((others & bigger[i] & rings[i]).any()),
+            min(int((nested & (areas > 0.08 * areas[i]) & (areas < 0.62 * areas[i]) & (scores >= 0.45)).sum()), 3) / 3,
+            float((others & (areas[i] > 0.6 * areas) & (areas[i] < 0.98 * areas) & (covered[i] > 0.9)).any()),
+            1.0 - cv2.intersectConvexConvex(q.astype(np.float32), frame)[0] / max(areas[i], 1e-6),
+            float(np.linalg.norm((q.mean(0) - [w / 2, h / 2]) / [w, h])),
+            np.linalg.norm(med_in - np.median(med_in, axis=0), axis=1).max() / 100.0,
+            np.linalg.norm(med_out - np.median(med_out, axis=0), axis=1).max() / 100.0,
+            np.median(np.linalg.norm(med_in - med_out, axis=1)) / 100.0,
+            np.linalg.norm(med_in - med_out, axis=1).min() / 100.0, np.median(spread) / 100.0,
+        ])
+    return np.array(rows, np.float64).reshape(-1, len(FEATURES))
+
+
+def pool_for(cands: list, chosen: tuple, n_chosen: int) -> list:
+    """The candidates that may replace one chosen outline: with one card chosen, the POOL best by edge score;
+    with several, those of the same object (overlapping it). The chosen outline is always among them."""
+    q = chosen[0]
+    pool = sorted(cands, key=lambda c: -c[1])[:POOL]
+    if n_chosen > 1:
+        pool = [c for c in pool if quad_iou(c[0], q) > 0.5]
+    if not any(np.abs(np.asarray(c[0]) - q).max() < 1e-6 for c in pool):
+        pool.append(chosen)
+    return pool
+
+
+def _coverage(quads: list, areas: np.ndarray) -> np.ndarray:
+    """(N, N): share of quad a lying inside quad b (pairs whose bounding boxes do not meet: 0)."""
+    n = len(quads)
+    box = np.array([[*q.min(0), *q.max(0)] for q in quads]).reshape(-1, 4)
+    meet = ((box[:, None, 0] < box[None, :, 2]) & (box[None, :, 0] < box[:, None, 2])
+            & (box[:, None, 1] < box[None, :, 3]) & (box[None, :, 1] < box[:, None, 3]))
+    out = np.eye(n)
+    for a, b in zip(*np.nonzero(meet & ~np.eye(n, dtype=bool))):
+        out[a, b] = _inside(quads[a], quads[b])
+    return out
+
+
+@lru_cache(maxsize=1)
+def _weights(path: str = str(WEIGHTS)):
+    """(mean, scale, coef) from the shipped JSON; None when absent (the rules' choice stands)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    d = json.loads(p.read_text())
+    if tuple(d["features"]) != FEATURES:
+        raise ValueError(f"{p.name}: features {d['features']} do not match this cardlib's {list(FEATURES)}")
+    return tuple(np.asarray(d[k], np.float64) for k in ("mean", "scale", "coef"))
+
+
+def outline_scores(x: np.ndarray, weights=None) -> np.ndarray:
+    """Ranking scores for feature rows `x` of one pool (higher: more likely the card's outline; a softmax over the
+    pool gives probabilities). Without weights the rules' choice scores 1 and the rest 0."""
+    wts = weights or _weights()
+    if wts is None:
+        return x[:, FEATURES.index("chosen")]
+    mean, scale, coef = wts
+    return ((x - mean) / scale) @ coef
+
+
+def rank_outlines(cands: list, chosen: list, rgb: np.ndarray) -> list:
+    """For each card the rules chose, the candidate outline the ranker likes best among those that may replace it."""
+    out = []
+    for c in chosen:
+        pool = pool_for(cands, c, len(chosen))
+        out.append(pool[int(np.argmax(outline_scores(candidate_features(pool, c[0], rgb))))])
+    return out
