@@ -9,7 +9,7 @@ import pytest
 
 from cardlib.data.camera import simulate_photo
 from cardlib.data.catalogue import synthetic_catalogue
-from cardlib.find_card_rank import FEATURES, WEIGHTS, outline_scores
+from cardlib.find_card_rank import FEATURES, WEIGHTS
 from cardlib.find_card_rank_fit import fit_ranker, pick_rates, ranking_example
 
 

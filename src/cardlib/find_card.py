@@ -382,11 +382,12 @@ def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0
     """Card quads (geometric order, photo pixels) with confidences, best first; then up to `alternatives` other
     strong outlines, overlapping allowed, for a caller that can tell a card from a look-alike (a gallery can)."""
     cands, small, scale = candidate_outlines(rgb, min_height_frac)
-    chosen = rank_outlines(cands, select_cards(cands, small, max_cards), small)
-    for q, s in cands:
-        if alternatives <= 0 or s < ALTERNATIVE_MIN:
+    ranked = rank_outlines(cands, select_cards(cands, small, max_cards), small)
+    chosen = [r[0] for r in ranked]
+    for q, s in [c for r in ranked for c in r[1:]] + cands:  # the ranker's next-best readings first
+        if alternatives <= 0:
             break
-        if all(quad_iou(q, c[0]) < 0.9 for c in chosen):
+        if s >= ALTERNATIVE_MIN and all(quad_iou(q, c[0]) < 0.9 for c in chosen):
             chosen.append((q, s))
             alternatives -= 1
     return [(order_geometric((q + 0.5) / scale - 0.5), s) for q, s in chosen]

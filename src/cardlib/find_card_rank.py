@@ -111,10 +111,12 @@ def outline_scores(x: np.ndarray, weights=None) -> np.ndarray:
     return ((x - mean) / scale) @ coef
 
 
-def rank_outlines(cands: list, chosen: list, rgb: np.ndarray) -> list:
-    """For each card the rules chose, the candidate outline the ranker likes best among those that may replace it."""
-    out = []
+def rank_outlines(cands: list, chosen: list, rgb: np.ndarray) -> list[list]:
+    """For each card the rules chose, the candidates that may replace it, ranked (best first): the first of each
+    is the card's outline, the rest the next-best readings of the same object."""
+    ranked = []
     for c in chosen:
         pool = pool_for(cands, c, len(chosen))
-        out.append(pool[int(np.argmax(outline_scores(candidate_features(pool, c[0], rgb))))])
-    return out
+        score = outline_scores(candidate_features(pool, c[0], rgb))
+        ranked.append([pool[k] for k in np.argsort(-score, kind="stable")])
+    return ranked
