@@ -222,3 +222,23 @@ def test_alternatives_follow_the_chosen_card():
     assert all(quad_iou(a.corners, more[0].corners) < 0.9 for a in more[1:])  # not the same outline again
     with pytest.raises(ValueError, match="alternatives"):
         find_card(img, alternatives=-1)
+
+
+def test_two_cards_side_by_side_are_a_group_where_several_cards_are_expected():
+    from cardlib.find_card_select import _holds_cards
+
+    def quad(x0, y0, x1, y1):
+        return order_geometric(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64))
+
+    # two portrait cards 250x350 with a 20 px gap: their joint outline is 5:7 on its side
+    pair = [(quad(0, 0, 520, 350), 0.8), (quad(0, 0, 250, 350), 0.95), (quad(270, 0, 520, 350), 0.95)]
+    # one card 350 wide, 490 tall, its upper and lower halves split by a printed line: the same picture turned
+    card = [(quad(0, 0, 350, 490), 0.9), (quad(0, 0, 350, 240), 0.85), (quad(0, 250, 350, 490), 0.85)]
+    for cands in (pair, card):
+        areas = [float(cv2.contourArea(q.astype(np.float32))) for q, _ in cands]
+        assert _holds_cards(cands, areas, 0, [1, 2], several=True)
+        assert not _holds_cards(cands, areas, 0, [1, 2], several=False)
+    # cards standing the group's way always make a group (a binder page around its cards)
+    page = [(quad(0, 0, 520, 728), 0.8), (quad(0, 0, 250, 350), 0.95), (quad(270, 378, 520, 728), 0.95)]
+    areas = [float(cv2.contourArea(q.astype(np.float32))) for q, _ in page]
+    assert _holds_cards(page, areas, 0, [1, 2], several=False)

@@ -4,8 +4,9 @@ The rules in `find_card_select` pick one outline per object from edge evidence, 
 simulated photos the card's true outline is often among the candidates when the rules pick another one (its printed
 inner frame, a sleeve, a box on the table). The ranker scores every candidate from the rules' choice, its edge score,
 its nesting (outlines a border's width outside or inside it), the printed border and clear plastic along its sides,
-its size and its position, with weights fitted on simulated photos (`fit_ranker`), and keeps the best outline of
-each chosen object. The weights are a small JSON file shipped with the package (`find_card_ranker.json`).
+its size and its position, with weights fitted on simulated photos (`find_card_rank_fit`): the best outline of each
+chosen object is the card's, the next ones are the alternatives `find_card` offers to a gallery check. The weights
+are a small JSON file shipped with the package (`find_card_ranker.json`).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray) ->
     chosen_area = max(_area(chosen_quad), 1e-6)
     rings = ring_gaps(quads, quads)  # rings[a, b]: a runs a border's width outside b
     bigger = areas[:, None] > 1.02 * areas[None, :]
-    covered = _coverage(quads, areas)  # covered[a, b]: share of a inside b
+    covered = _coverage(quads)  # covered[a, b]: share of a inside b
     views = np.stack([band_view(rgb, q) for q in quads])
     b4, b3 = side_bands(views, 4), side_bands(views, 3)
     rows = []
@@ -77,7 +78,7 @@ def pool_for(cands: list, chosen: tuple, n_chosen: int) -> list:
     return pool
 
 
-def _coverage(quads: list, areas: np.ndarray) -> np.ndarray:
+def _coverage(quads: list) -> np.ndarray:
     """(N, N): share of quad a lying inside quad b (pairs whose bounding boxes do not meet: 0)."""
     n = len(quads)
     box = np.array([[*q.min(0), *q.max(0)] for q in quads]).reshape(-1, 4)

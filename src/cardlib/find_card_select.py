@@ -81,15 +81,16 @@ def _disjoint(kept, idx) -> list:
     return out
 
 
-def _holds_cards(kept, areas, i, inside) -> bool:
-    """Is outline i a group of cards: two or more cards standing its way inside it, or two cards filling it, each
-    about half of it (side by side, two cards look 5:7 together, on their side)? A card's printed halves (name and
-    artwork above a line, text below) look the same but leave no gap: the two cut edges of two cards always do."""
+def _holds_cards(kept, areas, i, inside, several: bool) -> bool:
+    """Is outline i a group of cards: two or more cards standing its way inside it, or, when the photo may hold
+    several cards, two cards filling it, each about half of it (side by side, two cards look 5:7 together, on their
+    side)? A card's printed halves (name and artwork above a line, text below) look just like that, so with one card
+    expected they do not make a group."""
     along = _disjoint(kept, [j for j in inside if _same_orientation(kept[j][0], kept[i][0])])
     if len(along) >= 2 and sum(areas[j] for j in along) > 0.4 * areas[i]:
         return True
-    halves = _disjoint(kept, [j for j in inside if 0.35 < areas[j] / areas[i]])
-    return len(halves) >= 2 and 0.75 * areas[i] < sum(areas[j] for j in halves) < 0.92 * areas[i]
+    halves = _disjoint(kept, [j for j in inside if 0.35 < areas[j] / areas[i]]) if several else []
+    return len(halves) >= 2 and sum(areas[j] for j in halves) > 0.75 * areas[i]
 
 
 def select_cards(cands: list, rgb: np.ndarray, max_cards: int) -> list:
@@ -109,7 +110,7 @@ def select_cards(cands: list, rgb: np.ndarray, max_cards: int) -> list:
         nested = [j for j in range(len(kept)) if j != i and alive[j] and areas[j] < 0.98 * areas[i]
                   and _inside(kept[j][0], outer) > 0.9]
         cards = [j for j in nested if kept[j][1] >= MIN_CONFIDENCE and 0.08 < areas[j] / areas[i] < 0.62]
-        if _holds_cards(kept, areas, i, cards):
+        if _holds_cards(kept, areas, i, cards, several=max_cards > 1):
             alive[i] = False  # a binder page or a pile: the cards inside are the answer
             continue
         # one object seen as nested outlines (sleeve, card, printed frame, and mixtures): keep the card's
