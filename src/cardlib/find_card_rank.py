@@ -90,16 +90,17 @@ def _coverage(quads: list) -> np.ndarray:
     return out
 
 
+def weight_arrays(weights: dict) -> tuple:
+    """(mean, scale, coef) arrays of a weights dict (the shipped JSON, or `fit_ranker`'s result)."""
+    if tuple(weights["features"]) != FEATURES:
+        raise ValueError(f"ranker features {weights['features']} do not match this cardlib's {list(FEATURES)}")
+    return tuple(np.asarray(weights[k], np.float64) for k in ("mean", "scale", "coef"))
+
+
 @lru_cache(maxsize=1)
-def _weights(path: str = str(WEIGHTS)):
-    """(mean, scale, coef) from the shipped JSON; None when absent (the rules' choice stands)."""
-    p = Path(path)
-    if not p.is_file():
-        return None
-    d = json.loads(p.read_text())
-    if tuple(d["features"]) != FEATURES:
-        raise ValueError(f"{p.name}: features {d['features']} do not match this cardlib's {list(FEATURES)}")
-    return tuple(np.asarray(d[k], np.float64) for k in ("mean", "scale", "coef"))
+def _weights():
+    """The shipped weights as arrays; None when the file is absent (the rules' choice stands)."""
+    return weight_arrays(json.loads(WEIGHTS.read_text())) if WEIGHTS.is_file() else None
 
 
 def outline_scores(x: np.ndarray, weights=None) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 
 from cardlib.find_card import candidate_outlines
 from cardlib.find_card_geometry import quad_iou
-from cardlib.find_card_rank import FEATURES, candidate_features, outline_scores, pool_for
+from cardlib.find_card_rank import FEATURES, candidate_features, outline_scores, pool_for, weight_arrays
 from cardlib.find_card_select import select_cards
 from cardlib.store import atomic_write_text
 
@@ -60,7 +60,7 @@ def fit_ranker(examples: list, l2: float = 0.01) -> dict:
 def pick_rates(examples: list, weights: dict | None = None) -> dict:
     """Share of photos whose picked outline matches the card: the rules' pick, the ranker's, and the best possible
     (some candidate matches). Photos with no candidate at all count as misses."""
-    wts = None if weights is None else tuple(np.asarray(weights[k], np.float64) for k in ("mean", "scale", "coef"))
+    wts = None if weights is None else weight_arrays(weights)
     n = max(len(examples), 1)
     rules = ranked = best = 0
     for e in examples:
