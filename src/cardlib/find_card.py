@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import cv2
 import numpy as np
@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, convex_ok, corner_error, order_geometric, quad_iou,
                                         side_lengths)
+from cardlib.find_card_mask import card_probability, mask_hulls
 from cardlib.find_card_rank import rank_outlines
 from cardlib.find_card_select import select_cards
 
@@ -18,6 +19,7 @@ __all__ = ["CardCandidate", "both_orientations", "corner_error", "detect_quads",
            "load_rgb", "order_geometric", "quad_iou", "rectify"]
 
 WORK_SIDE = 640  # long side of the working copy: detection cost stays flat whatever the camera resolution
+EDGE_OUTLINES = 40  # outlines kept (best scores first): the card's is nearly always among them
 OUTWARD_TRIES = 12  # best candidates also tried one printed border wider
 BORDER_FRAC = 0.08  # a card's plain border is ~4 % of its width on each side: 8 % on the full width
 ALTERNATIVE_MIN = 0.35  # weakest outline offered as an alternative to the chosen one
@@ -332,9 +334,18 @@ def _scores(q, support, strength, focal, centre) -> np.ndarray:
 # ---------------------------------------------------------------- public API
 
 
-def candidate_outlines(rgb: np.ndarray, min_height_frac: float = 0.15) -> tuple[list, np.ndarray, float]:
-    """Distinct card-like outlines (quad in geometric order, edge score), best score first, in the working copy
-    of the photo; returns them with the working copy and its scale."""
+class Outlines(NamedTuple):
+    """A photo's candidate outlines (quad in geometric order, edge score; best score first) in its working copy."""
+
+    cands: list
+    small: np.ndarray  # the working copy
+    scale: float  # working copy pixels per photo pixel
+    mask: tuple  # the card-mask network's (probability map, working-copy pixels per map pixel)
+
+
+def candidate_outlines(rgb: np.ndarray, min_height_frac: float = 0.15) -> Outlines:
+    """Distinct card-like outlines of a photo, from its edges, its straight lines and the card-mask network's blobs
+    (each snapped to the edges nearby)."""
     h, w = rgb.shape[:2]
     scale = min(1.0, WORK_SIDE / max(h, w))
     small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
@@ -348,10 +359,14 @@ def candidate_outlines(rgb: np.ndarray, min_height_frac: float = 0.15) -> tuple[
         q, sg = _contour_candidates(cv2.dilate(edges, k), min_long)
         raw += q
         segs += sg
+    mask = card_probability(small)
+    for hull in mask_hulls(*mask, min_area=0.3 * min_long * min_long):
+        q = _quad_from_hull(hull, sw, sh)
+        raw += ([] if q is None else [q]) + [cv2.boxPoints(cv2.minAreaRect(hull))]
     raw = np.concatenate([np.array(raw, np.float64).reshape(-1, 4, 2),
                           _line_quads(_merge_lines(np.array(segs, np.float64).reshape(-1, 4), mag), min_long)])
     if not len(raw):
-        return [], small, scale
+        return Outlines([], small, scale, mask)
     quads = order_geometric(raw).astype(np.float64)
     _, first = np.unique(np.round(quads.reshape(len(quads), -1) / 3), axis=0, return_index=True)
     quads = quads[np.sort(first)]
@@ -372,17 +387,17 @@ def candidate_outlines(rgb: np.ndarray, min_height_frac: float = 0.15) -> tuple[
     scores = np.concatenate([scores, _scores(wider, sup2, str2, focal, np.array([sw / 2, sh / 2]))])
     long_side = side_lengths(quads).max(1)
     keep = np.nonzero((scores >= 0.3) & (long_side >= min_long))[0]
-    keep = _distinct(quads, keep[np.argsort(-scores[keep])])[:40]
+    keep = _distinct(quads, keep[np.argsort(-scores[keep])])[:EDGE_OUTLINES]
     cands = [(order_geometric(q).astype(np.float64), float(s)) for q, s in zip(quads[keep], scores[keep])]
-    return cands, small, scale
+    return Outlines(cands, small, scale, mask)
 
 
 def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0.15,
                  alternatives: int = 0) -> list[tuple[np.ndarray, float]]:
     """Card quads (geometric order, photo pixels) with confidences, best first; then up to `alternatives` other
     strong outlines, overlapping allowed, for a caller that can tell a card from a look-alike (a gallery can)."""
-    cands, small, scale = candidate_outlines(rgb, min_height_frac)
-    ranked = rank_outlines(cands, select_cards(cands, small, max_cards), small)
+    cands, small, scale, mask = candidate_outlines(rgb, min_height_frac)
+    ranked = rank_outlines(cands, select_cards(cands, small, max_cards), small, mask)
     chosen = [r[0] for r in ranked]
     for q, s in [c for r in ranked for c in r[1:]] + cands:  # the ranker's next-best readings first
         if alternatives <= 0:

@@ -4,9 +4,10 @@ The rules in `find_card_select` pick one outline per object from edge evidence, 
 simulated photos the card's true outline is often among the candidates when the rules pick another one (its printed
 inner frame, a sleeve, a box on the table). The ranker scores every candidate from the rules' choice, its edge score,
 its nesting (outlines a border's width outside or inside it), the printed border and clear plastic along its sides,
-its size and its position, with weights fitted on simulated photos (`find_card_rank_fit`): the best outline of each
-chosen object is the card's, the next ones are the alternatives `find_card` offers to a gallery check. The weights
-are a small JSON file shipped with the package (`find_card_ranker.json`).
+its size, its position and its agreement with the card-mask network (`find_card_mask`), with weights fitted on
+simulated photos (`find_card_rank_fit`): the best outline of each chosen object is the card's, the next ones are
+the alternatives `find_card` offers to a gallery check. The weights are a small JSON file shipped with the package
+(`find_card_ranker.json`).
 """
 from __future__ import annotations
 
@@ -19,18 +20,19 @@ import numpy as np
 
 from cardlib.find_card_band import band_view, is_border_band, is_plastic_edge, side_bands
 from cardlib.find_card_geometry import quad_iou
+from cardlib.find_card_mask import mask_agreement
 from cardlib.find_card_select import _area, _inside, ring_gaps
 
 WEIGHTS = Path(__file__).with_name("find_card_ranker.json")
 FEATURES = ("score", "score_to_top", "score_rank", "chosen", "iou_chosen", "log_area_photo", "log_area_chosen",
             "border_band", "plastic_edge", "ring_outside", "ring_inside", "cards_inside", "inside_larger",
             "outside_photo", "centre_offset", "inside_uneven", "outside_uneven", "in_out_contrast", "in_out_weakest",
-            "inside_spread")
-POOL = 40  # candidates scored per photo (best edge scores first): the card's outline is nearly always among them
+            "inside_spread", "mask_agreement")
 
 
-def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray) -> np.ndarray:
-    """(N, len(FEATURES)) for candidates (quad, edge score) against the rules' choice for this object."""
+def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray, mask: tuple) -> np.ndarray:
+    """(N, len(FEATURES)) for candidates (quad, edge score) against the rules' choice for this object; `mask` is
+    the card-mask network's (probability map, pixels per map pixel) for `rgb`."""
     h, w = rgb.shape[:2]
     quads = [np.asarray(q, np.float64) for q, _ in cands]
     scores = np.array([s for _, s in cands], np.float64)
@@ -42,6 +44,7 @@ def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray) ->
     covered = _coverage(quads)  # covered[a, b]: share of a inside b
     views = np.stack([band_view(rgb, q) for q in quads])
     b4, b3 = side_bands(views, 4), side_bands(views, 3)
+    agreement = mask_agreement(np.array(quads), *mask)
     rows = []
     for i, (q, s) in enumerate(zip(quads, scores)):
         others = (scores >= 0.6 * s) & (np.arange(len(quads)) != i)
@@ -61,16 +64,16 @@ def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray) ->
             np.linalg.norm(med_in - np.median(med_in, axis=0), axis=1).max() / 100.0,
             np.linalg.norm(med_out - np.median(med_out, axis=0), axis=1).max() / 100.0,
             np.median(np.linalg.norm(med_in - med_out, axis=1)) / 100.0,
-            np.linalg.norm(med_in - med_out, axis=1).min() / 100.0, np.median(spread) / 100.0,
+            np.linalg.norm(med_in - med_out, axis=1).min() / 100.0, np.median(spread) / 100.0, agreement[i],
         ])
     return np.array(rows, np.float64).reshape(-1, len(FEATURES))
 
 
 def pool_for(cands: list, chosen: tuple, n_chosen: int) -> list:
-    """The candidates that may replace one chosen outline: with one card chosen, the POOL best by edge score;
+    """The candidates that may replace one chosen outline: with one card chosen, all of them (best score first);
     with several, those of the same object (overlapping it). The chosen outline is always among them."""
     q = chosen[0]
-    pool = sorted(cands, key=lambda c: -c[1])[:POOL]
+    pool = sorted(cands, key=lambda c: -c[1])
     if n_chosen > 1:
         pool = [c for c in pool if quad_iou(c[0], q) > 0.5]
     if not any(np.abs(np.asarray(c[0]) - q).max() < 1e-6 for c in pool):
@@ -113,12 +116,12 @@ def outline_scores(x: np.ndarray, weights=None) -> np.ndarray:
     return ((x - mean) / scale) @ coef
 
 
-def rank_outlines(cands: list, chosen: list, rgb: np.ndarray) -> list[list]:
+def rank_outlines(cands: list, chosen: list, rgb: np.ndarray, mask: tuple) -> list[list]:
     """For each card the rules chose, the candidates that may replace it, ranked (best first): the first of each
     is the card's outline, the rest the next-best readings of the same object."""
     ranked = []
     for c in chosen:
         pool = pool_for(cands, c, len(chosen))
-        score = outline_scores(candidate_features(pool, c[0], rgb))
+        score = outline_scores(candidate_features(pool, c[0], rgb, mask))
         ranked.append([pool[k] for k in np.argsort(-score, kind="stable")])
     return ranked

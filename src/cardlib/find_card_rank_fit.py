@@ -22,13 +22,13 @@ FOUND_IOU = 0.9
 def ranking_example(rgb: np.ndarray, true_corners: np.ndarray):
     """(features, IoU with the true card) for the pool `rank_outlines` would score on this photo; None when the
     rules choose nothing (the ranker is not asked then)."""
-    cands, small, scale = candidate_outlines(rgb)
+    cands, small, scale, mask = candidate_outlines(rgb)
     chosen = select_cards(cands, small, 1)
     if not chosen:
         return None
     pool = pool_for(cands, chosen[0], 1)
     truth = (np.asarray(true_corners, np.float64) + 0.5) * scale - 0.5
-    return candidate_features(pool, chosen[0][0], small), np.array([quad_iou(q, truth) for q, _ in pool])
+    return candidate_features(pool, chosen[0][0], small, mask), np.array([quad_iou(q, truth) for q, _ in pool])
 
 
 def fit_ranker(examples: list, l2: float = 0.01) -> dict:
