@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -31,6 +32,7 @@ def net_input(rgb: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _session(path: str):
+    """An ONNX Runtime session for the network at `path` (one per process)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # one photo at a time; callers parallelise over photos
@@ -39,7 +41,7 @@ def _session(path: str):
 
 
 def card_logits(x: np.ndarray, session=None) -> np.ndarray:
-    """Logits (H/4, W/4) for one network input (CHW uint8)."""
+    """Logits (H / OUT_STRIDE, W / OUT_STRIDE) for one network input (CHW uint8)."""
     sess = session or _session(str(MODEL))
     return sess.run(None, {"photo": x[None].astype(np.float32)})[0][0, 0]
 
@@ -47,7 +49,7 @@ def card_logits(x: np.ndarray, session=None) -> np.ndarray:
 def card_probability(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     """(probability map, photo pixels per map pixel) for a photo."""
     logit = card_logits(net_input(rgb))
-    return 1.0 / (1.0 + np.exp(-logit)), max(rgb.shape[:2]) / NET_SIDE * OUT_STRIDE
+    return np.exp(-np.logaddexp(0.0, -logit)), max(rgb.shape[:2]) / NET_SIDE * OUT_STRIDE
 
 
 def mask_hulls(prob: np.ndarray, step: float, min_area: float) -> list[np.ndarray]:
