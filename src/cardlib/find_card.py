@@ -19,7 +19,7 @@ __all__ = ["CardCandidate", "both_orientations", "corner_error", "detect_quads",
            "load_rgb", "order_geometric", "quad_iou", "rectify"]
 
 WORK_SIDE = 640  # long side of the working copy: detection cost stays flat whatever the camera resolution
-EDGE_OUTLINES = 40  # outlines kept (best scores first): the card's is nearly always among them
+OUTLINES_KEPT = 40  # outlines kept (best scores first): the card's is nearly always among them
 OUTWARD_TRIES = 12  # best candidates also tried one printed border wider
 BORDER_FRAC = 0.08  # a card's plain border is ~4 % of its width on each side: 8 % on the full width
 ALTERNATIVE_MIN = 0.35  # weakest outline offered as an alternative to the chosen one
@@ -387,7 +387,7 @@ def candidate_outlines(rgb: np.ndarray, min_height_frac: float = 0.15) -> Outlin
     scores = np.concatenate([scores, _scores(wider, sup2, str2, focal, np.array([sw / 2, sh / 2]))])
     long_side = side_lengths(quads).max(1)
     keep = np.nonzero((scores >= 0.3) & (long_side >= min_long))[0]
-    keep = _distinct(quads, keep[np.argsort(-scores[keep])])[:EDGE_OUTLINES]
+    keep = _distinct(quads, keep[np.argsort(-scores[keep])])[:OUTLINES_KEPT]
     cands = [(order_geometric(q).astype(np.float64), float(s)) for q, s in zip(quads[keep], scores[keep])]
     return Outlines(cands, small, scale, mask)
 
