@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cardlib.find_card_mask import NET_SIDE, OUT_STRIDE, net_input, quad_cover
+from cardlib.find_card_mask import NET_SIDE, OUT_STRIDE, card_logits, net_input, quad_cover
 from cardlib.store import atomic_write_bytes
 
 
@@ -81,7 +81,8 @@ def train_mask_net(examples: list, epochs: int = 8, batch: int = 16, lr: float =
     xs, ys = [e[0] for e in examples], [e[1] for e in examples]
     net = MaskNet()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * sum(1 for _ in _batches(xs, ys, batch, np.random.default_rng(seed)))
+    shapes = [x.shape for x in xs]
+    steps = epochs * sum(-(-shapes.count(sh) // batch) for sh in set(shapes))  # batches never mix shapes
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     losses = []
     bar = tqdm(total=steps, desc="card-mask network", disable=None if progress else True)
@@ -117,7 +118,6 @@ def export_mask_net(net: MaskNet, path: str | Path) -> None:
 
 def mask_iou(net_or_session, examples: list) -> float:
     """Mean IoU of the thresholded predicted mask with the target over `examples` (a held-out check)."""
-    from cardlib.find_card_mask import card_logits
     ious = []
     for x, y in examples:
         if isinstance(net_or_session, nn.Module):
