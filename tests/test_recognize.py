@@ -12,7 +12,7 @@ from cardlib.data.catalogue import synthetic_catalogue
 from cardlib.gallery import Gallery, OnnxEmbedder, TorchEmbedder, build_gallery
 from cardlib.hashing import card_hashes, gallery_check, hash_similarity
 from cardlib.preprocess import Preprocess
-from cardlib.recognize import FusedMatcher, FusionWeights, fit_fusion, fit_unknown_threshold, recognize_photos
+from cardlib.recognize import FusedMatcher, FusionWeights, choose_mix, fit_fusion, fit_unknown_threshold, recognize_photos
 
 PRE = Preprocess()
 
@@ -285,3 +285,27 @@ def test_gallery_check_keeps_the_outline_that_shows_a_gallery_card(cards):
     assert gallery_check([not_a_card, card], bits, margin=1.0)[0] == 0  # an alternative must win by the margin
     with pytest.raises(ValueError, match="at least one"):
         gallery_check([], bits)
+
+
+def test_choose_mix_protects_the_worst_group():
+    # each query: its true card and one wrong card; true ranks first iff a·dh + (1−a)·de > 0 (dh, de: true − wrong)
+    def right_below(t):  # hash wrong, embedding right: right for a < t
+        return 1.0 - 1.0 / t, 1.0
+
+    def right_above(t):  # hash right, embedding wrong: right for a > t
+        return 1.0, -t / (1.0 - t)
+
+    queries = ([(right_below(0.72), "seen")] * 6 + [(right_below(0.57), "seen")] * 4
+               + [(right_below(0.32), "seen")] * 5 + [(right_above(0.52), "novel")] * 4
+               + [(right_below(0.32), "novel")])
+    zh = np.array([v for (dh, _), _ in queries for v in (dh, 0.0)])
+    ze = np.array([v for (_, de), _ in queries for v in (de, 0.0)])
+    label = np.tile([True, False], len(queries))
+    starts = np.arange(0, 2 * len(queries), 2)
+    groups = [g for _, g in queries]
+    # most queries right overall (16 of 20) at a < 0.32, where novel cards get 1 of 5 against hashing's 4 of 5
+    assert choose_mix(zh, ze, label, starts) < 0.32
+    # with groups: 0.52 < a < 0.57 keeps novel at hashing's 4 of 5 and costs seen cards the least (10 of 15)
+    assert 0.52 < choose_mix(zh, ze, label, starts, groups) < 0.57
+    with pytest.raises(ValueError, match="group labels"):
+        choose_mix(zh, ze, label, starts, groups[:-1])

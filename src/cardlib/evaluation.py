@@ -98,7 +98,7 @@ def evaluate_variant(v: Variant, data: RunData, val: EvalSet, test: EvalSet, sho
     meta = {c.card_id: {"name": c.name, "set": c.set_id, "number": c.collector_number} for c in data.catalogue}
     gallery = build_gallery(refs, v.embedder, meta)
     matcher = FusedMatcher(gallery, v.embedder)
-    weights = fit_fusion(matcher, val.crops, val.ids, shortlist_k=shortlist_k)
+    weights = fit_fusion(matcher, val.crops, val.ids, shortlist_k=shortlist_k, groups=val.mask(True))
     s = matcher.signals(test.crops)
     scores = {"hash": s.hash, "embedding": s.embedding, "fused": s.fused(weights)}
     artwork = {c.card_id: c.artwork_id for c in data.catalogue}

@@ -162,22 +162,45 @@ class FusedMatcher:
         return results
 
 
-def _shortlist_ranking(score: np.ndarray, label: np.ndarray, starts: np.ndarray) -> tuple[int, float]:
-    """Over per-query candidate segments: (# queries whose true card ranks first, mean reciprocal rank); ties lose."""
+def _shortlist_hits(score: np.ndarray, label: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Over per-query candidate segments: (does the true card rank first, its reciprocal rank) per query; ties lose."""
     has = np.add.reduceat(label, starts) > 0
     pos = np.maximum.reduceat(np.where(label, score, -np.inf), starts)
     query = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(score)]))
     above = np.add.reduceat(~label & (score >= pos[query]), starts)
-    return int((has & (above == 0)).sum()), float(np.where(has, 1.0 / (above + 1), 0.0).mean())
+    return has & (above == 0), np.where(has, 1.0 / (above + 1), 0.0)
+
+
+def choose_mix(zh: np.ndarray, ze: np.ndarray, label: np.ndarray, starts: np.ndarray,
+               groups: Sequence | None = None) -> float:
+    """The weight a of a·z_hash + (1−a)·z_embedding over a ∈ {0, 0.05, …, 1} (candidate rows; `starts`: where each
+    query's candidates begin). With query `groups` (e.g. seen / novel cards) the mix must first do least harm on
+    its worst group: the highest min over groups of (its top-1 rate − that group's best single-signal top-1 rate);
+    then the most queries right, then the best mean reciprocal rank; ties go to the most even mix."""
+    alphas = sorted(np.linspace(0.0, 1.0, 21), key=lambda a: abs(a - 0.5))
+    hits = {a: _shortlist_hits(a * zh + (1 - a) * ze, label, starts) for a in alphas}
+    groups = np.zeros(len(starts), int) if groups is None else np.asarray(groups)
+    if len(groups) != len(starts):
+        raise ValueError(f"{len(groups)} group labels for {len(starts)} queries")
+    masks = [groups == g for g in np.unique(groups)]
+    best_single = [max(hits[0.0][0][m].mean(), hits[1.0][0][m].mean()) for m in masks]
+
+    def objective(a):
+        top1, rr = hits[a]
+        worst = min(top1[m].mean() - b for m, b in zip(masks, best_single))
+        return round(worst, 9), int(top1.sum()), float(rr.mean())
+
+    return float(max(alphas, key=objective))
 
 
 def fit_fusion(matcher: FusedMatcher, crops: Sequence[np.ndarray], true_ids: Sequence[str], shortlist_k: int = 20,
-               C: float = 1.0) -> FusionWeights:
+               C: float = 1.0, groups: Sequence | None = None) -> FusionWeights:
     """Fit the fusion on labelled validation crops, over the same candidate shortlist the matcher re-ranks.
 
-    The mix a·z_hash + (1−a)·z_embedding is chosen on validation top-1 (then mean reciprocal rank) over
-    a ∈ {0, 0.05, …, 1}, so each signal alone is among the choices and fusion never does worse on validation; a 1-D
-    logistic regression of "this candidate is the true card" then scales the mix to log-odds (the fused score).
+    The mix a·z_hash + (1−a)·z_embedding is chosen on validation top-1 by `choose_mix` (with `groups`, one label per
+    crop such as seen / novel, no group may lose more than it must to its best single signal), so each signal
+    alone is among the choices and fusion never does worse on validation; a 1-D logistic regression of "this
+    candidate is the true card" then scales the mix to log-odds (the fused score).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -185,6 +208,8 @@ def fit_fusion(matcher: FusedMatcher, crops: Sequence[np.ndarray], true_ids: Seq
         raise ValueError("fit_fusion needs embedding signals (a matcher built with an embedder, method != 'hash')")
     if len(true_ids) != len(crops):
         raise ValueError(f"{len(true_ids)} labels for {len(crops)} validation crops")
+    if groups is not None and len(groups) != len(crops):
+        raise ValueError(f"{len(groups)} group labels for {len(crops)} validation crops")
     zh, ze, ys, counts = [], [], [], []
     for i in range(0, len(crops), QUERY_CHUNK):
         s = matcher.signals(crops[i : i + QUERY_CHUNK])
@@ -198,9 +223,7 @@ def fit_fusion(matcher: FusedMatcher, crops: Sequence[np.ndarray], true_ids: Seq
     starts = np.r_[0, np.cumsum(np.concatenate(counts))[:-1]]
     if y.all() or not y.any():
         raise ValueError("validation candidates must contain both true and wrong cards to fit the fusion")
-    # ties on top-1 and MRR go to the most even mix, which generalises best when validation cannot tell
-    alphas = sorted(np.linspace(0.0, 1.0, 21), key=lambda a: abs(a - 0.5))
-    alpha = max(alphas, key=lambda a: _shortlist_ranking(a * zh + (1 - a) * ze, y, starts))
+    alpha = choose_mix(zh, ze, y, starts, groups)
     lr = LogisticRegression(C=C).fit((alpha * zh + (1 - alpha) * ze)[:, None], y)
     scale, bias = float(lr.coef_[0, 0]), float(lr.intercept_[0])
     return FusionWeights(hash=float(alpha * scale), embedding=float((1 - alpha) * scale), bias=bias, shortlist_k=shortlist_k)
