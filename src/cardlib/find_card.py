@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, convex_ok, corner_error, order_geometric, quad_iou,
                                         side_lengths)
+from cardlib.find_card_band import outline_bands
 from cardlib.find_card_mask import card_probability, mask_hulls
 from cardlib.find_card_rank import rank_outlines
 from cardlib.find_card_select import select_cards
@@ -139,13 +140,14 @@ def _contour_candidates(edges: np.ndarray, min_long: float) -> tuple[list, list]
     quads, segs = [], []
     contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     for c in contours:
-        if len(c) < 4 or max(cv2.boundingRect(c)[2:]) < 0.3 * min_long:
+        extent = max(cv2.boundingRect(c)[2:]) if len(c) >= 4 else 0
+        if extent < 0.3 * min_long:
             continue
         poly = cv2.approxPolyDP(c, 2.0, False).reshape(-1, 2)
         d = np.hypot(*np.diff(poly, axis=0).T)
         segs += [(*poly[k], *poly[k + 1]) for k in np.nonzero(d >= 0.3 * min_long)[0]]
         hull = cv2.convexHull(c)
-        if max(cv2.boundingRect(c)[2:]) < min_long or cv2.contourArea(hull) < 0.3 * min_long * min_long:
+        if extent < min_long or cv2.contourArea(hull) < 0.3 * min_long * min_long:
             continue
         q = _quad_from_hull(hull, w, h)
         if q is not None:
@@ -154,20 +156,25 @@ def _contour_candidates(edges: np.ndarray, min_long: float) -> tuple[list, list]
     return quads, segs
 
 
+def _colour_mag(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """|dx| + |dy| of the strongest colour channel (int16 Sobel outputs of a uint8 image cannot overflow it)."""
+    mag = cv2.add(cv2.absdiff(dx, 0), cv2.absdiff(dy, 0))
+    r, g, b = cv2.split(mag)
+    return cv2.max(cv2.max(r, g), b).astype(np.int32)
+
+
 def _edge_maps(blur: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Colour edge maps (fixed and texture-adaptive thresholds, fine and coarse: textured tables need the latter)
     and the colour gradient magnitude."""
     dx, dy = cv2.Sobel(blur, cv2.CV_16S, 1, 0), cv2.Sobel(blur, cv2.CV_16S, 0, 1)
-    mag = (np.abs(dx[::3, ::3]).astype(np.int32) + np.abs(dy[::3, ::3])).max(axis=2)
-    hi = float(np.clip(np.percentile(mag, 93), 60, 400))  # edges stronger than the background's texture
+    full_mag = _colour_mag(dx, dy)
+    hi = float(np.clip(np.percentile(full_mag[::3, ::3], 93), 60, 400))  # edges stronger than the background's texture
     maps = [cv2.Canny(dx, dy, 20, 60), cv2.Canny(dx, dy, hi / 2.5, hi)]
     half = cv2.resize(blur, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
     hdx, hdy = cv2.Sobel(half, cv2.CV_16S, 1, 0), cv2.Sobel(half, cv2.CV_16S, 0, 1)
-    hmag = (np.abs(hdx[::2, ::2]).astype(np.int32) + np.abs(hdy[::2, ::2])).max(axis=2)
-    hhi = float(np.clip(np.percentile(hmag, 90), 50, 400))
+    hhi = float(np.clip(np.percentile(_colour_mag(hdx[::2, ::2], hdy[::2, ::2]), 90), 50, 400))
     coarse = cv2.resize(cv2.Canny(hdx, hdy, hhi / 2.5, hhi), (blur.shape[1], blur.shape[0]),
                         interpolation=cv2.INTER_NEAREST)
-    full_mag = (np.abs(dx).astype(np.int32) + np.abs(dy)).max(axis=2)
     return [maps[0], maps[1], coarse], full_mag
 
 
@@ -208,13 +215,23 @@ def _line_quads(lines, min_long: float, max_quads: int = 48) -> np.ndarray:
     P = np.array([ln[0] for ln in lines])
     D = np.array([ln[1] for ln in lines])
     T = np.array([[ln[2], ln[3]] for ln in lines])
-    cos = np.abs(D @ D.T)
-    i, j = np.nonzero(np.triu(cos > np.cos(np.deg2rad(25)), 1))
+    G = D @ D.T
+    i, j = np.nonzero(np.triu(np.abs(G) > np.cos(np.deg2rad(25)), 1))
     if len(i) < 2:
         return np.zeros((0, 4, 2))
-    a, b = np.meshgrid(np.arange(len(i)), np.arange(len(i)), indexing="ij")
-    a, b = a.ravel(), b.ravel()
-    keep = (a < b) & (np.abs((D[i[a]] * D[i[b]]).sum(1)) < np.cos(np.deg2rad(50)))
+    # a side on line l between the lines of pair p runs over [lo, hi] of l; it must be well covered by the line's
+    # detected extent. Checked per (line, pair) first (with a hair of slack: the quads' own check below decides):
+    # only the few quads all four of whose sides pass are built.
+    cross = D[:, None, 0] * D[None, :, 1] - D[:, None, 1] * D[None, :, 0]  # cross[l, m] = D_l x D_m
+    rel = P[None, :, :] - P[:, None, :]  # rel[l, m] = P_m - P_l
+    at = (rel[..., 0] * D[None, :, 1] - rel[..., 1] * D[None, :, 0]) / np.where(np.abs(cross) < 1e-9, 1e-9, cross)
+    lo, hi = np.minimum(at[:, i], at[:, j]), np.maximum(at[:, i], at[:, j])  # (line, pair)
+    overlap = np.clip(np.minimum(hi, T[:, 1:]) - np.maximum(lo, T[:, :1]), 0, None)
+    side_ok = (overlap > 0.3 * (hi - lo) - 1e-6) & ((T[:, 1:] - T[:, :1]) - overlap < 0.25 * (hi - lo) + 4 + 1e-6)
+    long_ok = (hi - lo) >= min_long - 1e-6
+    a, b = np.nonzero(np.triu(np.abs(G[np.ix_(i, i)]) < np.cos(np.deg2rad(50)), 1))  # pairs of pairs, crossing
+    keep = side_ok[i[a], b] & side_ok[j[a], b] & side_ok[i[b], a] & side_ok[j[b], a]
+    keep &= long_ok[i[a], b] | long_ok[j[a], b] | long_ok[i[b], a] | long_ok[j[b], a]
     a, b = a[keep], b[keep]
     sides = np.stack([i[a], i[b], j[a], j[b]], axis=1)  # around the quad: L1, M1, L2, M2
     sp, sd = P[sides], D[sides]
@@ -397,7 +414,8 @@ def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0
     """Card quads (geometric order, photo pixels) with confidences, best first; then up to `alternatives` other
     strong outlines, overlapping allowed, for a caller that can tell a card from a look-alike (a gallery can)."""
     cands, small, scale, mask = candidate_outlines(rgb, min_height_frac)
-    ranked = rank_outlines(cands, select_cards(cands, small, max_cards), small, mask)
+    bands = outline_bands(small, [q for q, _ in cands])  # what lies along each outline: for the rules and the ranker
+    ranked = rank_outlines(cands, select_cards(cands, small, max_cards, bands), small, mask, bands)
     chosen = [r[0] for r in ranked]
     for q, s in [c for r in ranked for c in r[1:]] + cands:  # the ranker's next-best readings first
         if alternatives <= 0:

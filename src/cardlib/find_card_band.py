@@ -1,6 +1,8 @@
 """What lies along a quad's sides: a card's printed border band inside, clear plastic, or the table outside."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 
@@ -49,38 +51,55 @@ def band_view(rgb: np.ndarray, quad: np.ndarray) -> np.ndarray:
     return _view(rgb, quad)
 
 
+def _medians(strips) -> np.ndarray:
+    return _per_side(*(np.median(x, axis=-2) for x in strips))
+
+
 def side_bands(views: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per side (4) of one `band_view` or a stack of them (..., H, W, 3): median colour 1..depth px (of 112) inside
     (..., 4, 3), median colour just outside (..., 4, 3), luminance spread inside (..., 4)."""
-    inside, outside = _strips(views, -depth, -1), _strips(views, 2, 10)
-    med_in = _per_side(*(np.median(x, axis=-2) for x in inside))
-    med_out = _per_side(*(np.median(x, axis=-2) for x in outside))
+    inside = _strips(views, -depth, -1)
     spread = _per_side(*(np.diff(np.percentile(x[..., 1], [10, 90], axis=-1), axis=0)[0][..., None] for x in inside))
-    return med_in, med_out, spread[..., 0]
+    return _medians(inside), _medians(_strips(views, 2, 10)), spread[..., 0]
 
 
-def is_plastic_edge(bands3) -> bool:
-    """From `side_bands(view, 3)`: is this the edge of clear plastic (sleeve/toploader), i.e. just inside it the
-    table shows through? A sleeve's film shows ~2.5 % of the width."""
+def is_plastic_edge(bands3) -> np.ndarray:
+    """From `side_bands(views, 3)`: is this the edge of clear plastic (sleeve/toploader), i.e. just inside it the
+    table shows through? A sleeve's film shows ~2.5 % of the width. One bool per view."""
     med_in, med_out, _ = bands3
     d = PLASTIC - med_out
-    alpha = np.clip((d * (med_in - med_out)).sum(1) / ((d * d).sum(1) + 1e-6), 0.0, 0.4)
-    residual = np.linalg.norm(med_in - (med_out + alpha[:, None] * d), axis=1)
-    return bool((residual < 14).sum() >= 3)
+    alpha = np.clip((d * (med_in - med_out)).sum(-1) / ((d * d).sum(-1) + 1e-6), 0.0, 0.4)
+    residual = np.linalg.norm(med_in - (med_out + alpha[..., None] * d), axis=-1)
+    return (residual < 14).sum(-1) >= 3
 
 
-def is_border_band(bands4) -> bool:
-    """From `side_bands(view, 4)`: does a card's plain printed border (3-5 % of its width) run just inside all four
-    sides (one colour all round, unlike outside)?"""
+def is_border_band(bands4) -> np.ndarray:
+    """From `side_bands(views, 4)`: does a card's plain printed border (3-5 % of its width) run just inside all four
+    sides (one colour all round, unlike outside)? One bool per view."""
     med_in, med_out, spread = bands4
-    consistent = np.linalg.norm(med_in - np.median(med_in, axis=0), axis=1).max() < 30
-    differs = (np.linalg.norm(med_in - med_out, axis=1) > 18).sum() >= 3
-    return bool(consistent and differs and np.median(spread) < 40)
+    consistent = np.linalg.norm(med_in - np.median(med_in, axis=-2, keepdims=True), axis=-1).max(-1) < 30
+    differs = (np.linalg.norm(med_in - med_out, axis=-1) > 18).sum(-1) >= 3
+    return consistent & differs & (np.median(spread, axis=-1) < 40)
 
 
-def plastic_edge(rgb: np.ndarray, quad: np.ndarray) -> bool:
-    return is_plastic_edge(side_bands(band_view(rgb, quad), 3))
+class OutlineBands(NamedTuple):
+    """What lies along the sides of a list of outlines, measured once for the selection rules and the ranker."""
+
+    bands4: tuple  # side_bands(views, 4)
+    border: np.ndarray  # (N,) bool: a card's printed border runs just inside all four sides
+    plastic: np.ndarray  # (N,) bool: the outline is the edge of clear plastic
+
+    def take(self, rows) -> "OutlineBands":
+        rows = np.asarray(rows, int)
+        return OutlineBands(tuple(b[rows] for b in self.bands4), self.border[rows], self.plastic[rows])
 
 
-def border_band(rgb: np.ndarray, quad: np.ndarray) -> bool:
-    return is_border_band(side_bands(band_view(rgb, quad), 4))
+def outline_bands(rgb: np.ndarray, quads) -> OutlineBands:
+    """`OutlineBands` of quads (N, 4, 2) in `rgb`."""
+    if not len(quads):
+        return OutlineBands((np.zeros((0, 4, 3)), np.zeros((0, 4, 3)), np.zeros((0, 4))), np.zeros(0, bool),
+                            np.zeros(0, bool))
+    views = np.stack([band_view(rgb, q) for q in quads])
+    b4 = side_bands(views, 4)
+    in3 = _medians(_strips(views, -3, -1))  # depth 3 differs from depth 4 only inside
+    return OutlineBands(b4, is_border_band(b4), is_plastic_edge((in3, b4[1], None)))

@@ -18,10 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cardlib.find_card_band import band_view, is_border_band, is_plastic_edge, side_bands
+from cardlib.find_card_band import OutlineBands
 from cardlib.find_card_geometry import quad_iou
 from cardlib.find_card_mask import mask_agreement
-from cardlib.find_card_select import _area, _inside, ring_gaps
+from cardlib.find_card_select import _area, ring_gaps
 
 WEIGHTS = Path(__file__).with_name("find_card_ranker.json")
 FEATURES = ("score", "score_to_top", "score_rank", "chosen", "iou_chosen", "log_area_photo", "log_area_chosen",
@@ -30,9 +30,11 @@ FEATURES = ("score", "score_to_top", "score_rank", "chosen", "iou_chosen", "log_
             "inside_spread", "mask_agreement")
 
 
-def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray, mask: tuple) -> np.ndarray:
+def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray, mask: tuple,
+                       bands: OutlineBands) -> np.ndarray:
     """(N, len(FEATURES)) for candidates (quad, edge score) against the rules' choice for this object; `mask` is
-    the card-mask network's (probability map, pixels per map pixel) for `rgb`."""
+    the card-mask network's (probability map, pixels per map pixel) for `rgb`; `bands` the candidates'
+    `outline_bands`."""
     h, w = rgb.shape[:2]
     quads = [np.asarray(q, np.float64) for q, _ in cands]
     scores = np.array([s for _, s in cands], np.float64)
@@ -42,31 +44,36 @@ def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray, ma
     rings = ring_gaps(quads, quads)  # rings[a, b]: a runs a border's width outside b
     bigger = areas[:, None] > 1.02 * areas[None, :]
     covered = _coverage(quads)  # covered[a, b]: share of a inside b
-    views = np.stack([band_view(rgb, q) for q in quads])
-    b4, b3 = side_bands(views, 4), side_bands(views, 3)
+    med_in, med_out, spread = bands.bands4
     agreement = mask_agreement(np.array(quads), *mask)
-    rows = []
-    for i, (q, s) in enumerate(zip(quads, scores)):
-        others = (scores >= 0.6 * s) & (np.arange(len(quads)) != i)
-        nested = (areas < 0.98 * areas[i]) & (covered[:, i] > 0.9)
-        bands = tuple(b[i] for b in b4)
-        med_in, med_out, spread = bands
-        rows.append([
-            s, s / max(scores.max(), 1e-6), min(i, 10) / 10.0,
-            float(np.abs(q - chosen_quad).max() < 1e-6), quad_iou(q, chosen_quad),
-            np.log(max(areas[i], 1.0) / (h * w)), np.log(max(areas[i], 1.0) / chosen_area),
-            float(is_border_band(bands)), float(is_plastic_edge(tuple(b[i] for b in b3))),
-            float((others & bigger[:, i] & rings[:, i]).any()), float((others & bigger[i] & rings[i]).any()),
-            min(int((nested & (areas > 0.08 * areas[i]) & (areas < 0.62 * areas[i]) & (scores >= 0.45)).sum()), 3) / 3,
-            float((others & (areas[i] > 0.6 * areas) & (areas[i] < 0.98 * areas) & (covered[i] > 0.9)).any()),
-            1.0 - cv2.intersectConvexConvex(q.astype(np.float32), frame)[0] / max(areas[i], 1e-6),
-            float(np.linalg.norm((q.mean(0) - [w / 2, h / 2]) / [w, h])),
-            np.linalg.norm(med_in - np.median(med_in, axis=0), axis=1).max() / 100.0,
-            np.linalg.norm(med_out - np.median(med_out, axis=0), axis=1).max() / 100.0,
-            np.median(np.linalg.norm(med_in - med_out, axis=1)) / 100.0,
-            np.linalg.norm(med_in - med_out, axis=1).min() / 100.0, np.median(spread) / 100.0, agreement[i],
-        ])
-    return np.array(rows, np.float64).reshape(-1, len(FEATURES))
+    n = len(quads)
+    others = (scores[None, :] >= 0.6 * scores[:, None]) & ~np.eye(n, dtype=bool)  # others[i, k]: k is a rival of i
+    nested = (areas[None, :] < 0.98 * areas[:, None]) & (covered.T > 0.9)  # nested[i, k]: k lies inside i
+    cards = nested & (areas[None, :] > 0.08 * areas[:, None]) & (areas[None, :] < 0.62 * areas[:, None]) \
+        & (scores[None, :] >= 0.45)
+    within = others & (areas[:, None] > 0.6 * areas[None, :]) & (areas[:, None] < 0.98 * areas[None, :]) \
+        & (covered > 0.9)  # within[i, k]: i lies inside a rival k not much larger
+    in_out = np.linalg.norm(med_in - med_out, axis=-1)
+    columns = {
+        "score": scores, "score_to_top": scores / max(scores.max(), 1e-6),
+        "score_rank": np.minimum(np.arange(n), 10) / 10.0,
+        "chosen": np.array([float(np.abs(q - chosen_quad).max() < 1e-6) for q in quads]),
+        "iou_chosen": np.array([quad_iou(q, chosen_quad) for q in quads]),
+        "log_area_photo": np.log(np.maximum(areas, 1.0) / (h * w)),
+        "log_area_chosen": np.log(np.maximum(areas, 1.0) / chosen_area),
+        "border_band": bands.border, "plastic_edge": bands.plastic,
+        "ring_outside": (others & (bigger & rings).T).any(1), "ring_inside": (others & bigger & rings).any(1),
+        "cards_inside": np.minimum(cards.sum(1), 3) / 3, "inside_larger": within.any(1),
+        "outside_photo": np.array([1.0 - cv2.intersectConvexConvex(q.astype(np.float32), frame)[0] / max(a, 1e-6)
+                                   for q, a in zip(quads, areas)]),
+        "centre_offset": np.linalg.norm((np.array([q.mean(0) for q in quads]).reshape(-1, 2) - [w / 2, h / 2])
+                                        / [w, h], axis=1),
+        "inside_uneven": np.linalg.norm(med_in - np.median(med_in, axis=1, keepdims=True), axis=-1).max(1) / 100.0,
+        "outside_uneven": np.linalg.norm(med_out - np.median(med_out, axis=1, keepdims=True), axis=-1).max(1) / 100.0,
+        "in_out_contrast": np.median(in_out, axis=1) / 100.0, "in_out_weakest": in_out.min(1) / 100.0,
+        "inside_spread": np.median(spread, axis=1) / 100.0, "mask_agreement": agreement,
+    }
+    return np.stack([np.asarray(columns[f], np.float64) for f in FEATURES], axis=1).reshape(-1, len(FEATURES))
 
 
 def pool_for(cands: list, chosen: tuple, n_chosen: int) -> list:
@@ -87,9 +94,12 @@ def _coverage(quads: list) -> np.ndarray:
     box = np.array([[*q.min(0), *q.max(0)] for q in quads]).reshape(-1, 4)
     meet = ((box[:, None, 0] < box[None, :, 2]) & (box[None, :, 0] < box[:, None, 2])
             & (box[:, None, 1] < box[None, :, 3]) & (box[None, :, 1] < box[:, None, 3]))
-    out = np.eye(n)
-    for a, b in zip(*np.nonzero(meet & ~np.eye(n, dtype=bool))):
-        out[a, b] = _inside(quads[a], quads[b])
+    inter = np.zeros((n, n))
+    q32 = [np.asarray(q, np.float32) for q in quads]
+    for a, b in zip(*np.nonzero(np.triu(meet, 1))):  # the overlap is symmetric: measured once a pair
+        inter[a, b] = inter[b, a] = cv2.intersectConvexConvex(q32[a], q32[b])[0]
+    out = inter / np.maximum([_area(q) for q in quads], 1e-6)[:, None]
+    np.fill_diagonal(out, 1.0)
     return out
 
 
@@ -116,12 +126,21 @@ def outline_scores(x: np.ndarray, weights=None) -> np.ndarray:
     return ((x - mean) / scale) @ coef
 
 
-def rank_outlines(cands: list, chosen: list, rgb: np.ndarray, mask: tuple) -> list[list]:
+def pool_features(cands: list, chosen: tuple, n_chosen: int, rgb: np.ndarray, mask: tuple,
+                  bands: OutlineBands) -> tuple[list, np.ndarray]:
+    """The pool that may replace one chosen outline (`pool_for`) and its feature rows; `bands`: the candidates'
+    `outline_bands`."""
+    pool = pool_for(cands, chosen, n_chosen)
+    row = {id(c): k for k, c in enumerate(cands)}  # pools hold the candidates themselves
+    return pool, candidate_features(pool, chosen[0], rgb, mask, bands.take([row[id(p)] for p in pool]))
+
+
+def rank_outlines(cands: list, chosen: list, rgb: np.ndarray, mask: tuple, bands: OutlineBands) -> list[list]:
     """For each card the rules chose, the candidates that may replace it, ranked (best first): the first of each
-    is the card's outline, the rest the next-best readings of the same object."""
+    is the card's outline, the rest the next-best readings of the same object. `bands`: the candidates'
+    `outline_bands`."""
     ranked = []
     for c in chosen:
-        pool = pool_for(cands, c, len(chosen))
-        score = outline_scores(candidate_features(pool, c[0], rgb, mask))
-        ranked.append([pool[k] for k in np.argsort(-score, kind="stable")])
+        pool, x = pool_features(cands, c, len(chosen), rgb, mask, bands)
+        ranked.append([pool[k] for k in np.argsort(-outline_scores(x), kind="stable")])
     return ranked

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from cardlib.find_card import candidate_outlines
+from cardlib.find_card_band import outline_bands
 from cardlib.find_card_geometry import quad_iou
-from cardlib.find_card_rank import FEATURES, candidate_features, outline_scores, pool_for, weight_arrays
+from cardlib.find_card_rank import FEATURES, outline_scores, pool_features, weight_arrays
 from cardlib.find_card_select import select_cards
 from cardlib.store import atomic_write_text
 
@@ -23,12 +24,13 @@ def ranking_example(rgb: np.ndarray, true_corners: np.ndarray):
     """(features, IoU with the true card) for the pool `rank_outlines` would score on this photo; None when the
     rules choose nothing (the ranker is not asked then)."""
     cands, small, scale, mask = candidate_outlines(rgb)
-    chosen = select_cards(cands, small, 1)
+    bands = outline_bands(small, [q for q, _ in cands])
+    chosen = select_cards(cands, small, 1, bands)
     if not chosen:
         return None
-    pool = pool_for(cands, chosen[0], 1)
+    pool, x = pool_features(cands, chosen[0], 1, small, mask, bands)
     truth = (np.asarray(true_corners, np.float64) + 0.5) * scale - 0.5
-    return candidate_features(pool, chosen[0][0], small, mask), np.array([quad_iou(q, truth) for q, _ in pool])
+    return x, np.array([quad_iou(q, truth) for q, _ in pool])
 
 
 def fit_ranker(examples: list, l2: float = 0.01) -> dict:

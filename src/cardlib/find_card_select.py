@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cardlib.find_card_band import border_band, plastic_edge
+from cardlib.find_card_band import OutlineBands
 from cardlib.find_card_geometry import quad_iou, side_lengths
 
 MIN_CONFIDENCE = 0.45  # below this a candidate is texture, not a card (tuned on card-free photos)
@@ -93,14 +93,16 @@ def _holds_cards(kept, areas, i, inside, several: bool) -> bool:
     return len(halves) >= 2 and sum(areas[j] for j in halves) > 0.75 * areas[i]
 
 
-def select_cards(cands: list, rgb: np.ndarray, max_cards: int) -> list:
+def select_cards(cands: list, rgb: np.ndarray, max_cards: int, bands: OutlineBands) -> list:
     """Drop duplicates, groups (a binder page around cards), sleeves around cards, and anything printed on a card.
 
-    `cands`: (quad, score) with score >= some floor; returns them best first."""
-    kept = []
-    for c in sorted(cands, key=lambda c: -c[1]):
-        if all(quad_iou(c[0], k[0]) < 0.95 for k in kept):  # a printed frame or a sleeve overlaps its card ~0.85-0.92
-            kept.append(c)
+    `cands`: (quad, score) with score >= some floor; `bands`: their `outline_bands`; returns them best first."""
+    kept, rows = [], []
+    for r in sorted(range(len(cands)), key=lambda r: -cands[r][1]):
+        if all(quad_iou(cands[r][0], k[0]) < 0.95 for k in kept):  # a printed frame or a sleeve overlaps its card ~0.85-0.92
+            kept.append(cands[r])
+            rows.append(r)
+    border, plastic = bands.border[rows], bands.plastic[rows]
     areas = [_area(c[0]) for c in kept]
     alive = [True] * len(kept)
     for i in sorted(range(len(kept)), key=lambda i: -areas[i]):
@@ -126,16 +128,16 @@ def select_cards(cands: list, rgb: np.ndarray, max_cards: int) -> list:
         # sleeve, and the rules below decide.
         bordered = next((k for k in sorted(chain, key=lambda k: -areas[k]) if kept[k][1] >= BORDERED_MIN * top
                          and not any(_ring_gap(kept[m][0], kept[k][0]) for m in strong if areas[m] > 1.02 * areas[k])
-                         and border_band(rgb, kept[k][0]) and not plastic_edge(rgb, kept[k][0])), None)
+                         and border[k] and not plastic[k]), None)
         if bordered is not None:  # the largest such outline
             best, eligible = bordered, set()
         for k in sorted(chain, key=lambda k: -areas[k]):  # the outermost good outline not of clear plastic
             if k not in eligible:
                 continue
             held = [j for j in chain if 0.6 <= areas[j] / areas[k] <= 0.8 or (j in strong and
-                    0.885 <= areas[j] / areas[k] < 0.96 and border_band(rgb, kept[j][0]))]  # toploader, sleeve
+                    0.885 <= areas[j] / areas[k] < 0.96 and border[j])]  # toploader, sleeve
             sleeved = [j for j in held if _is_sleeve(rgb, kept[k][0], kept[j][0])]
-            if not sleeved and not plastic_edge(rgb, kept[k][0]):
+            if not sleeved and not plastic[k]:
                 best = k
                 break
             eligible.update(sleeved)  # a card seen through a toploader's thick plastic may have weaker edges
