@@ -24,10 +24,16 @@ def _inside(inner, outer) -> float:
 
 def _band_stats(rgb: np.ndarray, outer, inner) -> np.ndarray:
     """Mean colour and spread of the green channel (~luminance) in the band between two nested quads."""
-    mask = np.zeros(rgb.shape[:2], np.uint8)
-    cv2.fillPoly(mask, [np.round(outer).astype(np.int32)], 1)
-    cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], 0)
-    px = rgb[mask.astype(bool)].astype(np.float32)
+    o, i = np.round(outer).astype(np.int32), np.round(inner).astype(np.int32)
+    h, w = rgb.shape[:2]
+    x0, y0 = np.clip(o.min(0), 0, [w, h])
+    x1, y1 = np.clip(o.max(0) + 1, 0, [w, h])
+    if x1 - x0 < 1 or y1 - y0 < 1:  # wholly outside the photo
+        return np.full(4, np.nan, np.float32)
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)  # the outer quad's bounding box is all the band can cover
+    cv2.fillPoly(mask, [(o - [x0, y0]).astype(np.int32)], 1)
+    cv2.fillPoly(mask, [(i - [x0, y0]).astype(np.int32)], 0)
+    px = rgb[y0:y1, x0:x1][mask.astype(bool)].astype(np.float32)
     return np.append(px.mean(0), px[:, 1].std()) if len(px) >= 8 else np.full(4, np.nan, np.float32)
 
 
