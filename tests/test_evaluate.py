@@ -88,11 +88,17 @@ def test_reprint_confusions_count_only_same_artwork_mistakes():
 
 
 def test_open_set_report_by_hand():
-    rep = open_set_report([0.9, 0.4, 0.3, 0.8, 0.2], [True, True, False, False, False], threshold=0.5,
-                          correct=[True, True, False, False, False])
-    # rejected: 0.4 (known, fp), 0.3 and 0.2 (unknown, tp); 0.8 unknown accepted (fn)
-    assert rep["rejected"] == 3 and rep["precision"] == pytest.approx(2 / 3) and rep["recall"] == pytest.approx(2 / 3)
-    assert rep["known_rejected_rate"] == 0.5 and rep["accepted_known_accuracy"] == 1.0
+    # q0 known right 0.9 kept; q1 known right 0.4 rejected (a right answer lost); q2, q4 unknown rejected; q3 unknown
+    # 0.8 kept (a wrong answer); q5 known but matched wrong 0.45 rejected (nothing lost); q6 known wrong 0.7 kept
+    rep = open_set_report([0.9, 0.4, 0.3, 0.8, 0.2, 0.45, 0.7], [True, True, False, False, False, True, True],
+                          threshold=0.5, correct=[True, True, False, False, False, False, False])
+    assert rep["rejected"] == 4 and rep["n_known"] == 4 and rep["n_unknown"] == 3
+    assert rep["unknown_precision"] == pytest.approx(2 / 4) and rep["unknown_recall"] == pytest.approx(2 / 3)
+    assert rep["reject_precision"] == pytest.approx(3 / 4) and rep["wrong_recall"] == pytest.approx(3 / 5)
+    assert rep["right_rejected_rate"] == pytest.approx(1 / 2) and rep["coverage"] == pytest.approx(3 / 7)
+    assert rep["answered_accuracy"] == pytest.approx(1 / 3) and rep["accuracy_without_rejection"] == pytest.approx(2 / 7)
+    # a card absent from the gallery can never be a right answer, whatever `correct` says
+    assert open_set_report([0.9], [False], 0.5, [True])["answered_accuracy"] == 0.0
 
 
 def test_gallery_size_curve_keeps_true_cards_and_drops_with_distractors():

@@ -147,19 +147,28 @@ def reprint_confusions(pred_ids: Sequence[str], true_ids: Sequence[str], artwork
 
 
 def open_set_report(top_scores: Sequence[float], is_known: Sequence[bool], threshold: float,
-                    correct: Sequence[bool] | None = None) -> dict:
-    """Precision / recall of "unknown" (top score < threshold) against the truth "card not in the gallery"."""
+                    correct: Sequence[bool]) -> dict:
+    """The "unknown" decision (top score < threshold) on queries whose card is in the gallery or not (`is_known`)
+    and whose top match is right or not (`correct`). A query has no right answer when its card is absent or its top
+    match is wrong: rejecting it loses nothing.
+
+    unknown_precision / unknown_recall: against the truth "card not in the gallery"; reject_precision /
+    wrong_recall: against "no right answer"; right_rejected_rate: right answers lost; answered_accuracy: right answers
+    among the queries answered (coverage: their share), against accuracy_without_rejection."""
     s, known = np.asarray(top_scores, float), np.asarray(is_known, bool)
+    right = np.asarray(correct, bool) & known
     rejected = ~(s >= threshold)
-    tp, fp, fn = int((rejected & ~known).sum()), int((rejected & known).sum()), int((~rejected & ~known).sum())
-    out = {"threshold": float(threshold), "n_known": int(known.sum()), "n_unknown": int((~known).sum()),
-           "rejected": int(rejected.sum()), "precision": tp / (tp + fp) if tp + fp else float("nan"),
-           "recall": tp / (tp + fn) if tp + fn else float("nan"),
-           "known_rejected_rate": fp / known.sum() if known.any() else float("nan")}
-    if correct is not None:
-        acc = np.asarray(correct, bool) & known & ~rejected
-        out["accepted_known_accuracy"] = float(acc.sum() / max((known & ~rejected).sum(), 1))
-    return out
+
+    def share(num, den):
+        return float(num.sum() / den.sum()) if den.any() else float("nan")
+
+    return {"threshold": float(threshold), "n_known": int(known.sum()), "n_unknown": int((~known).sum()),
+            "rejected": int(rejected.sum()), "unknown_precision": share(rejected & ~known, rejected),
+            "unknown_recall": share(rejected & ~known, ~known), "reject_precision": share(rejected & ~right, rejected),
+            "wrong_recall": share(rejected & ~right, ~right), "right_rejected_rate": share(rejected & right, right),
+            "coverage": float((~rejected).mean()) if len(s) else float("nan"),
+            "answered_accuracy": share(right & ~rejected, ~rejected),
+            "accuracy_without_rejection": float(right.mean()) if len(s) else float("nan")}
 
 
 def gallery_size_curve(score_matrices: Mapping[str, np.ndarray], true_ids: Sequence[str], gallery_ids: Sequence[str],

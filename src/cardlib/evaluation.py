@@ -134,16 +134,21 @@ def headline_table(results: list[dict], k: int):
 
 
 def open_set(result: dict, data: RunData, val: EvalSet, test: EvalSet, target_precision: float) -> dict:
-    """Unknown-card decision: novel cards removed from the gallery; threshold from validation photos."""
+    """The "unknown" decision with novel cards removed from the gallery. Their photos have no right answer, nor do
+    photos whose top match is wrong (a crop that missed the card): the threshold on the fused score, from validation
+    photos, rejects queries without a right answer at the target precision."""
     matcher = result["_matcher"]
     novel = {r["card_id"] for r in data.rows if r["novel"]}
-    known_ids = [c for c in data.catalogue.ids if c not in novel]
-    sub = matcher.gallery.subset(known_ids)
+    sub = matcher.gallery.subset([c for c in data.catalogue.ids if c not in novel])
     m = FusedMatcher(sub, matcher.embedder, matcher.weights)
-    top = lambda crops: [q[0].score for q in m.match(crops, 1)]  # noqa: E731
-    vs, ts = np.array(top(val.crops)), np.array(top(test.crops))
-    t = fit_unknown_threshold(vs[~val.mask(True)], vs[val.mask(True)], target_precision)
-    return open_set_report(ts, ~test.mask(True), t)
+
+    def top(es: EvalSet) -> tuple[np.ndarray, np.ndarray]:
+        best = [q[0] for q in m.match(es.crops, 1)]
+        return np.array([b.score for b in best]), np.array([b.card_id == t for b, t in zip(best, es.ids)])
+
+    (vs, v_right), (ts, t_right) = top(val), top(test)
+    t = fit_unknown_threshold(vs[v_right], vs[~v_right], target_precision)
+    return open_set_report(ts, ~test.mask(True), t, t_right)
 
 
 def size_curve(result: dict, data: RunData, test: EvalSet, sizes: list[int], seed: int) -> dict:

@@ -39,8 +39,11 @@ variant and baseline.
 {_pct(rep['fused'].get('novel', {}).get('top1'))}; embedding alone seen {_pct(rep['embedding'].get('seen', {}).get('top1'))},
 novel {_pct(rep['embedding'].get('novel', {}).get('top1'))}; pHash+dHash alone seen
 {_pct(rep['hash'].get('seen', {}).get('top1'))}, novel {_pct(rep['hash'].get('novel', {}).get('top1'))}.
-Unknown-card rejection (novel cards left out of the gallery): precision {_pct(open_set_rep.get('precision'))},
-recall {_pct(open_set_rep.get('recall'))}.
+Open set (novel cards left out of the gallery): "unknown" rejects {_pct(open_set_rep.get('unknown_recall'))} of
+the novel cards' photos and {_pct(open_set_rep.get('right_rejected_rate'))} of the right answers; of the rejected
+photos {_pct(open_set_rep.get('reject_precision'))} had no right answer (card absent or matched wrong); answers given are
+right {_pct(open_set_rep.get('answered_accuracy'))} of the time ({_pct(open_set_rep.get('accuracy_without_rejection'))}
+without rejection).
 
 **Gates.**
 {gates}

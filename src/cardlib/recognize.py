@@ -45,7 +45,7 @@ class Match:
     hash_score: float  # 1 − Hamming/128, best orientation
     embedding_score: float  # cosine, best orientation (nan without an embedder)
     orientation: int  # 0 or 180: the reading of the crop that won
-    unknown: bool = False  # the query's top score fell below the open-set threshold
+    unknown: bool = False  # the query's top score fell below the open-set threshold: no confident match
 
 
 def _zscore(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,7 +233,8 @@ def fit_unknown_threshold(scores_known: Sequence[float], scores_unknown: Sequenc
                           target_precision: float = 0.9) -> float:
     """Threshold t (query is "unknown" when its top score < t) with the highest unknown-recall at ≥ target precision.
 
-    Precision/recall are those of the unknown decision on validation queries (known = card in the gallery).
+    `scores_known`: top scores of validation queries whose answer should stand; `scores_unknown`: of queries without
+    a right answer (the card is not in the gallery, or the evaluation's choice: its top match is wrong).
     Without any threshold reaching the target it warns and returns −inf (nothing is rejected).
     """
     known, unknown = np.asarray(scores_known, float), np.asarray(scores_unknown, float)
