@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from cardlib.find_card_band import outline_bands
 from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, convex_ok, corner_error, order_geometric, quad_iou,
                                         side_lengths)
-from cardlib.find_card_band import outline_bands
 from cardlib.find_card_mask import card_probability, mask_hulls
 from cardlib.find_card_rank import rank_outlines
 from cardlib.find_card_select import select_cards

@@ -11,8 +11,9 @@ CARD_PX = (112, 160)  # (W, H) of the card in the normalised view: sides are sam
 MARGIN = 12  # px of the normalised view kept outside the quad
 
 
-def _view(rgb: np.ndarray, quad: np.ndarray) -> np.ndarray:
-    """The quad warped to a CARD_PX portrait with MARGIN px of its surroundings (float32 RGB)."""
+def band_view(rgb: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """The quad warped to a CARD_PX portrait with MARGIN px of its surroundings (float32 RGB): what `side_bands`
+    reads (stack several to measure them at once)."""
     w, h = CARD_PX
     q = np.asarray(quad, np.float32).reshape(4, 2)
     s = np.linalg.norm(np.roll(q, -1, 0) - q, axis=1)
@@ -46,11 +47,6 @@ def _per_side(tb: np.ndarray, lr: np.ndarray) -> np.ndarray:
     return np.stack([tb[..., 0, :], lr[..., 1, :], tb[..., 1, :], lr[..., 0, :]], axis=-2)
 
 
-def band_view(rgb: np.ndarray, quad: np.ndarray) -> np.ndarray:
-    """What `side_bands` reads: the quad's normalised view (stack several to measure them at once)."""
-    return _view(rgb, quad)
-
-
 def _medians(strips) -> np.ndarray:
     return _per_side(*(np.median(x, axis=-2) for x in strips))
 
@@ -63,10 +59,10 @@ def side_bands(views: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, n
     return _medians(inside), _medians(_strips(views, 2, 10)), spread[..., 0]
 
 
-def is_plastic_edge(bands3) -> np.ndarray:
-    """From `side_bands(views, 3)`: is this the edge of clear plastic (sleeve/toploader), i.e. just inside it the
-    table shows through? A sleeve's film shows ~2.5 % of the width. One bool per view."""
-    med_in, med_out, _ = bands3
+def is_plastic_edge(med_in: np.ndarray, med_out: np.ndarray) -> np.ndarray:
+    """From median colours per side 1..3 px inside and just outside (as `side_bands` gives them): is this the edge
+    of clear plastic (sleeve/toploader), i.e. just inside it the table shows through? A sleeve's film shows ~2.5 %
+    of the width. One bool per view."""
     d = PLASTIC - med_out
     alpha = np.clip((d * (med_in - med_out)).sum(-1) / ((d * d).sum(-1) + 1e-6), 0.0, 0.4)
     residual = np.linalg.norm(med_in - (med_out + alpha[..., None] * d), axis=-1)
@@ -102,4 +98,4 @@ def outline_bands(rgb: np.ndarray, quads) -> OutlineBands:
     views = np.stack([band_view(rgb, q) for q in quads])
     b4 = side_bands(views, 4)
     in3 = _medians(_strips(views, -3, -1))  # depth 3 differs from depth 4 only inside
-    return OutlineBands(b4, is_border_band(b4), is_plastic_edge((in3, b4[1], None)))
+    return OutlineBands(b4, is_border_band(b4), is_plastic_edge(in3, b4[1]))
