@@ -226,6 +226,8 @@ def stage_metrics(ctx, results: list[dict], gate_table: dict, open_set_rep: dict
     summary = {"fused_top1_seen": top1("fused", "seen"), "fused_top1_novel": top1("fused", "novel"),
                "embedding_top1_seen": top1("embedding", "seen"), "embedding_top1_novel": top1("embedding", "novel"),
                "hash_top1_seen": top1("hash", "seen"), "hash_top1_novel": top1("hash", "novel"),
+               **{f"open_set_{k}": open_set_rep.get(k) for k in ("unknown_recall", "right_rejected_rate",
+                                                                  "answered_accuracy", "accuracy_without_rejection")},
                "gates_pass": all(v["pass"] for v in gate_table.values())}
     return {"run_id": ctx.run.run_id, "headline": headline, "summary": summary, "gates": gate_table,
             "variants": [public(r) for r in results], "open_set": open_set_rep, "gallery_size_curve": curve}
