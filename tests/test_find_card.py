@@ -8,6 +8,9 @@ from PIL import Image
 
 from cardlib.find_card import (both_orientations, corner_error, find_card, guess_upright, order_geometric, quad_iou,
                                rectify)
+from cardlib.find_card_band import outline_bands
+from cardlib.find_card_geometry import aspect_score
+from cardlib.find_card_select import select_cards
 
 H, W = 480, 640
 
@@ -242,3 +245,21 @@ def test_two_cards_side_by_side_are_a_group_where_several_cards_are_expected():
     page = [(quad(0, 0, 520, 728), 0.8), (quad(0, 0, 250, 350), 0.95), (quad(270, 378, 520, 728), 0.95)]
     areas = [float(cv2.contourArea(q.astype(np.float32))) for q, _ in page]
     assert _holds_cards(page, areas, 0, [1, 2], several=False)
+
+
+def test_aspect_score_accepts_a_card_the_camera_was_aimed_at_off_the_photo_centre():
+    # the camera turned towards a card near the photo's corner: perspective about the card's centre, not the photo's
+    card = order_geometric(card_quad(130, 140, 220, rot_deg=15, tilt_deg=38))[None].astype(np.float64)
+    assert aspect_score(card, focal=W, centre=np.array([W / 2, H / 2]))[0] > 0.8
+    square = order_geometric(card_quad(320, 240, 220) * [1.4, 1.0] - [128, 0])[None].astype(np.float64)
+    assert aspect_score(square, focal=W, centre=np.array([W / 2, H / 2]))[0] < 0.1
+
+
+def test_a_faint_large_rectangle_does_not_hide_a_clear_card_lying_across_it():
+    # a mat or a sheet of paper: a weak landscape outline (below reporting strength) around a strong portrait card
+    img = photo(11, card_quad(320, 240, 260, rot_deg=4))
+    card = order_geometric(card_quad(320, 240, 260, rot_deg=4)).astype(np.float64)
+    sheet = order_geometric(np.array([[40, 60], [600, 60], [600, 420], [40, 420]], np.float64))
+    cands = [(card, 0.9), (sheet, 0.35)]
+    chosen = select_cards(cands, img, 1, outline_bands(img, [q for q, _ in cands]))
+    assert len(chosen) == 1 and quad_iou(chosen[0][0], card) > 0.99

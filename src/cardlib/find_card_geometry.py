@@ -48,14 +48,24 @@ def card_aspect(quads: np.ndarray, focal: float) -> np.ndarray:
         return np.sqrt(w2 / h2)
 
 
+FOCAL_RANGE = (0.6, 1.0, 1.6)  # times the nominal focal length: ultra-wide to zoomed lenses
+
+
 def aspect_score(q: np.ndarray, focal: float, centre: np.ndarray) -> np.ndarray:
-    """1 for a 5:7 rectangle behind the quad, falling to ~0 at +-25 % (side ratio or perspective-corrected)."""
+    """1 for a 5:7 rectangle behind the quad, falling to ~0 at +-25 % (side ratio or perspective-corrected).
+
+    The camera is not known: perspective is undone for a range of focal lengths around `focal`, with the optical
+    centre at the photo's `centre` or at the quad's own centre (a cropped photo, or a camera aimed at the card), and
+    the reading closest to 5:7 counts."""
     s = side_lengths(q)
-    errs = []
-    for r in ((s[:, 0] + s[:, 2]) / (s[:, 1] + s[:, 3] + 1e-9), card_aspect(q - centre, focal)):
+    ratios = [(s[:, 0] + s[:, 2]) / (s[:, 1] + s[:, 3] + 1e-9)]
+    for c in (np.asarray(centre, np.float64), q.mean(1, keepdims=True)):
+        ratios += [card_aspect(q - c, focal * k) for k in FOCAL_RANGE]
+    err = np.full(len(q), np.inf)
+    for r in ratios:
         r = np.where(np.isfinite(r) & (r > 0), r, 1e6)
-        errs.append(np.abs(np.log(np.minimum(r, 1 / r) / CARD_ASPECT)))
-    return np.exp(-(np.minimum(*errs) / 0.12) ** 2)
+        err = np.minimum(err, np.abs(np.log(np.minimum(r, 1 / r) / CARD_ASPECT)))
+    return np.exp(-(err / 0.12) ** 2)
 
 
 def convex_ok(q: np.ndarray) -> np.ndarray:

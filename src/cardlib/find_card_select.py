@@ -149,8 +149,11 @@ def select_cards(cands: list, rgb: np.ndarray, max_cards: int, bands: OutlineBan
             eligible.update(sleeved)  # a card seen through a toploader's thick plastic may have weaker edges
         for j in chain:
             alive[j] = j == best
-        for j in nested:  # boxes printed on the card lie across it or are weaker; a card on a larger thing is not
-            if j not in chain and (kept[j][1] < kept[best][1] or not _same_orientation(kept[j][0], kept[best][0])):
+        for j in nested:  # boxes printed on the card lie across it or are weaker; a card on a larger thing is not.
+            # Only an outline that could be reported speaks for what is on it: a faint large rectangle (a mat, a
+            # book) must not hide a clear card lying across it.
+            if j not in chain and (kept[j][1] < kept[best][1] or (kept[best][1] >= MIN_CONFIDENCE and
+                                                                    not _same_orientation(kept[j][0], kept[best][0]))):
                 alive[j] = False
     chosen = []
     for i in sorted(range(len(kept)), key=lambda i: -kept[i][1]):
