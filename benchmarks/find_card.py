@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from machine_speed import machine_speed
+
 from cardlib.data.camera import simulate_photo
 from cardlib.data.catalogue import synthetic_catalogue
 from cardlib.find_card import corner_error, find_card, guess_upright, quad_iou
@@ -140,6 +142,7 @@ def main() -> None:
         "time_ms_per_megapixel_480x640": round(1000 * float(np.median(times)) / (0.48 * 0.64), 2),
         "time_ms_per_photo_1mp_864x1152": round(1000 * float(np.median(times_mp)), 2),
         "time_ms_p90_1mp": round(1000 * float(np.percentile(times_mp, 90)), 2),
+        "machine": machine_speed(),  # timings compare only next to this
         "targets": {"found_rate_default": 0.97, "found_rate_hardest_slice": 0.90, "corner_error_pct": 2.0,
                     "ms_per_1mp_photo": 30.0},
     }

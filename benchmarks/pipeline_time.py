@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_speed import machine_speed
+
 from cardlib.params import load_params
 from cardlib.pipeline import run_pipeline
 from cardlib.run import Run, read_json
@@ -42,7 +44,8 @@ def summarize(run_dir: Path) -> dict:
                        "metrics": {k: rec.get("metrics", {}).get(k) for k in keys if k in rec.get("metrics", {})}})
     return {"run_id": run.run_id, "params_name": run.params.run.name,
             "stage_wall_seconds_total": round(sum(s["wall_seconds"] or 0 for s in stages), 1), "stages": stages,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+            # how fast the machine was when the summary was written: timings compare only next to this
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), **machine_speed()}}
 
 
 def main() -> None:
