@@ -1,4 +1,5 @@
 """The runner on small notebooks made here: parameters injected, reports published, failures, resume."""
+import copy
 import json
 import textwrap
 from pathlib import Path
@@ -164,3 +165,29 @@ def test_relative_store_path_means_the_project_root_not_the_notebooks_folder(wor
     assert (workspace / "store" / "analytics" / "reports" / run_dir.name / "00_data.html").is_file()
     assert (workspace / "store" / "pipelines" / "training" / run_dir.name / "cards.txt").is_file()
     assert not (workspace / "notebooks" / "store").exists()
+
+
+def test_report_figures_carry_alternative_text(tmp_path):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from cardlib.reports import render_notebook
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 3), (200, 30, 30)).save(buf, format="PNG")
+    png = base64.b64encode(buf.getvalue()).decode()
+    figure = nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Report\n\n## Found rate by photo factor\n\ntext"),
+                nbformat.v4.new_code_cell("plot()", outputs=[figure]),
+                nbformat.v4.new_code_cell("plot()", outputs=[copy.deepcopy(figure)],
+                                          metadata={"alt": "Top-1 against gallery size"})]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    for page in render_notebook(path):
+        alts = re.findall(r'<img[^>]*\balt="([^"]*)"[^>]*>', page)
+        assert alts == ["Figure: Found rate by photo factor", "Top-1 against gallery size"]
+        assert len(re.findall(r"<img\b", page)) == 2 and png in page

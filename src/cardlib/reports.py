@@ -35,11 +35,36 @@ def _stakeholder_copy(nb):
     return nb
 
 
+def _heading(md: str) -> str | None:
+    """The last Markdown heading in a cell's source, without its #s."""
+    lines = [ln.lstrip("#").strip() for ln in md.splitlines() if ln.startswith("#")]
+    return lines[-1] if lines else None
+
+
+def _described_figures(nb):
+    """A copy whose PNG figures carry alternative text for screen readers (the HTML templates leave it out): the
+    cell's `alt` metadata where a notebook sets one, else the heading of the section the figure sits in."""
+    nb = copy.deepcopy(nb)
+    section = None
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            section = _heading(cell.source) or section
+            continue
+        for out in cell.get("outputs", []):
+            png = out.get("data", {}).get("image/png") if out.get("output_type") in ("display_data",
+                                                                                    "execute_result") else None
+            if png:
+                alt = cell.get("metadata", {}).get("alt") or (f"Figure: {section}" if section else "Figure")
+                src = png.replace("\n", "") if isinstance(png, str) else "".join(png).replace("\n", "")
+                out["data"] = {"text/html": f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{src}">'}
+    return nb
+
+
 def render_notebook(nb_path: str | Path) -> tuple[str, str]:
-    """(stakeholder HTML without code, full HTML with code); both self-contained (images inline)."""
+    """(stakeholder HTML without code, full HTML with code); both self-contained (images inline, described)."""
     from nbconvert import HTMLExporter
 
-    nb = nbformat.read(str(nb_path), as_version=4)
+    nb = _described_figures(nbformat.read(str(nb_path), as_version=4))
     full = HTMLExporter(template_name="lab")
     brief = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
                          exclude_output_prompt=True)
