@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from machine_speed import timed_ms  # noqa: E402
 
 from cardlib.data.camera import simulate_photo  # noqa: E402
 from cardlib.data.catalogue import synthetic_catalogue  # noqa: E402
@@ -47,16 +48,6 @@ class StudentShaped(torch.nn.Module):
     def forward(self, x):
         y = self.head(self.trunk(x))
         return F.normalize(y, dim=1) if self.normalize else y
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return round(1000 * float(np.median(times)), 3)
 
 
 def random_gallery(n: int, model_id: str, pre: Preprocess, rng: np.random.Generator) -> Gallery:
@@ -90,7 +81,7 @@ def main(out_path: Path) -> dict:
                 sc = m._method_scores(m.signals_from_features(*feats))
                 np.argpartition(-sc, 4, axis=1)[:, :5]
 
-            row[method] = median_ms(one_query, SEARCH_REPEATS)
+            row[method] = timed_ms(one_query, SEARCH_REPEATS)
         search[str(n)] = row
         print(f"search ms/query at {n} cards: {row}", file=sys.stderr)
 

@@ -55,7 +55,7 @@ def _described_figures(nb):
                                                                                     "execute_result") else None
             if png:
                 alt = cell.get("metadata", {}).get("alt") or (f"Figure: {section}" if section else "Figure")
-                src = png.replace("\n", "") if isinstance(png, str) else "".join(png).replace("\n", "")
+                src = "".join(png).replace("\n", "")  # base64, as a string or a list of lines
                 out["data"] = {"text/html": f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{src}">'}
     return nb
 
