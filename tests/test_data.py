@@ -165,6 +165,19 @@ def test_corners_locate_the_card_and_its_orientation():
     assert seen_upside >= 2 and seen_upright >= 15
 
 
+def test_with_other_cards_in_view_the_photo_is_aimed_at_its_card(cat):
+    img, other = cat.image(cat.ids[1]), cat.image(cat.ids[2])
+
+    def off_centre(p):  # the card's centre from the photo's, as a share of the card's extent on each axis
+        lo, hi = p.corners.min(0), p.corners.max(0)
+        return float((np.abs((lo + hi) / 2 - [320, 240]) / (hi - lo)).max())
+
+    beside = [off_centre(simulate_photo(img, seed, neighbours=[other])) for seed in range(25)]
+    alone = [off_centre(simulate_photo(img, seed)) for seed in range(25)]
+    assert max(beside) <= 0.2 + 1e-3  # the neighbours (a card's width and a gap away) lie farther out
+    assert max(alone) > 0.3  # alone, a card may lie anywhere in the frame
+
+
 def test_simulated_crop(cat):
     img = cat.image(cat.ids[0])
     c1, f1 = simulate_crop(img, 5)

@@ -78,6 +78,8 @@ def test_buckets_are_fixed_and_readable():
     assert bucket("rotation_deg", -100) == "45-90"
     assert bucket("jpeg_quality", 35) == "0-40" and bucket("holo_sheen", 0.3) == "0.25-0.4"
     assert bucket("glare", 0.5) == "mid" and bucket("sleeve", True) == "yes" and bucket("sleeve", None) == "none"
+    assert bucket("neighbours", 0) == "none" and bucket("neighbours", 1) == "1" and bucket("neighbours", 2) == "2"
+    assert bucket("scale", 0.2) == "0-0.3" and bucket("scale", 0.95) == "0.6-1"
 
 
 def test_reprint_confusions_count_only_same_artwork_mistakes():

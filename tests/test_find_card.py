@@ -227,24 +227,22 @@ def test_alternatives_follow_the_chosen_card():
         find_card(img, alternatives=-1)
 
 
-def test_two_cards_side_by_side_are_a_group_where_several_cards_are_expected():
+def test_two_cards_side_by_side_are_a_group_and_so_is_a_page_of_cards():
     from cardlib.find_card_select import _holds_cards
 
     def quad(x0, y0, x1, y1):
         return order_geometric(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64))
 
-    # two portrait cards 250x350 with a 20 px gap: their joint outline is 5:7 on its side
-    pair = [(quad(0, 0, 520, 350), 0.8), (quad(0, 0, 250, 350), 0.95), (quad(270, 0, 520, 350), 0.95)]
-    # one card 350 wide, 490 tall, its upper and lower halves split by a printed line: the same picture turned
-    card = [(quad(0, 0, 350, 490), 0.9), (quad(0, 0, 350, 240), 0.85), (quad(0, 250, 350, 490), 0.85)]
-    for cands in (pair, card):
+    def holds(cands):
         areas = [float(cv2.contourArea(q.astype(np.float32))) for q, _ in cands]
-        assert _holds_cards(cands, areas, 0, [1, 2], several=True)
-        assert not _holds_cards(cands, areas, 0, [1, 2], several=False)
-    # cards standing the group's way always make a group (a binder page around its cards)
-    page = [(quad(0, 0, 520, 728), 0.8), (quad(0, 0, 250, 350), 0.95), (quad(270, 378, 520, 728), 0.95)]
-    areas = [float(cv2.contourArea(q.astype(np.float32))) for q, _ in page]
-    assert _holds_cards(page, areas, 0, [1, 2], several=False)
+        return _holds_cards(cands, areas, 0, list(range(1, len(cands))))
+
+    # two portrait cards 250x350 with a 20 px gap: their joint outline is 5:7 on its side
+    assert holds([(quad(0, 0, 520, 350), 0.8), (quad(0, 0, 250, 350), 0.95), (quad(270, 0, 520, 350), 0.95)])
+    # cards standing the group's way make a group (a binder page around its cards)
+    assert holds([(quad(0, 0, 520, 728), 0.8), (quad(0, 0, 250, 350), 0.95), (quad(270, 378, 520, 728), 0.95)])
+    # one card with a box printed on it (its artwork) is not a group
+    assert not holds([(quad(0, 0, 350, 490), 0.9), (quad(30, 60, 320, 260), 0.85)])
 
 
 def test_aspect_score_accepts_a_card_the_camera_was_aimed_at_off_the_photo_centre():
@@ -263,3 +261,14 @@ def test_a_faint_large_rectangle_does_not_hide_a_clear_card_lying_across_it():
     cands = [(card, 0.9), (sheet, 0.35)]
     chosen = select_cards(cands, img, 1, outline_bands(img, [q for q, _ in cands]))
     assert len(chosen) == 1 and quad_iou(chosen[0][0], card) > 0.99
+
+
+@pytest.mark.parametrize("aimed_x,other_x", [(320, 548), (300, 80)])
+def test_of_two_clear_cards_the_one_the_camera_was_aimed_at_comes_first(aimed_x, other_x):
+    # a card photographed with another lying beside it: the one nearest the photo's centre is the one meant
+    aimed, other = card_quad(aimed_x, 240, 220, rot_deg=3), card_quad(other_x, 250, 230, rot_deg=-4)
+    img = paste(photo(5, aimed, card_seed=2), card_image(3), other)
+    found = find_card(img)
+    assert len(found) == 1 and quad_iou(found[0].corners, aimed) > 0.9
+    both = find_card(img, max_cards=2)
+    assert len(both) == 2 and quad_iou(both[0].corners, aimed) > 0.9 and quad_iou(both[1].corners, other) > 0.9

@@ -10,7 +10,7 @@ TrueIds = Sequence[str | Collection[str]]  # one id per query, or a set when sev
 
 # the camera simulator's factors that name a hard case users report (seed, exposure, ... are not sliced by default)
 DEFAULT_SLICES = ("glare", "glare_strength", "holo_sheen", "sleeve", "sleeve_reflection", "occlusion", "angle_deg",
-                  "rotation_deg", "upside_down", "blur", "corner_error", "cropped", "lowres", "jpeg_quality")
+                  "rotation_deg", "upside_down", "blur", "corner_error", "cropped", "lowres", "jpeg_quality", "neighbours")
 # fixed edges keep slices comparable between runs; a bucket is (lo, hi]; other numbers go in thirds of 0..1
 FACTOR_EDGES = {
     "angle_deg": (0, 10, 20, 30, 45, 90),  # camera tilt away from the card's normal
@@ -21,7 +21,9 @@ FACTOR_EDGES = {
     "cropped": (0, 0.1, 0.2, 1),  # fraction of the card outside the frame
     "lowres": (0, 1.05, 1.5, 2, 10),  # downsampling factor; ≤ 1.05 is native resolution
     "jpeg_quality": (0, 40, 60, 80, 100),
+    "scale": (0, 0.3, 0.6, 1.0),  # the card's height / the photo's
 }
+COUNTS = ("neighbours",)  # factors that count things (other cards in view): sliced by the count itself
 
 
 def _as_set(t) -> frozenset:
@@ -72,6 +74,8 @@ def bucket(name: str, value) -> str:
         v = abs((v + 90.0) % 180.0 - 90.0)
     if v == 0:
         return "none"
+    if name in COUNTS:
+        return str(int(v))
     edges = FACTOR_EDGES.get(name, (0, 1 / 3, 2 / 3, 1.0))  # strengths in 0..1 by default
     for lo, hi in zip(edges[:-1], edges[1:]):
         if lo < abs(v) <= hi:

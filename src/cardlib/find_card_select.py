@@ -9,6 +9,8 @@ from cardlib.find_card_band import OutlineBands
 from cardlib.find_card_geometry import quad_iou, side_lengths
 
 MIN_CONFIDENCE = 0.45  # below this a candidate is texture, not a card (tuned on card-free photos)
+AIM_MARGIN = 0.3  # clear cards within this of the best score are equally likely the one meant: the most central wins
+CLEAR_MIN = 0.75  # a clear card: what the rules trust to be one when several are in view
 BORDERED_MIN = 0.75  # an outline with a card's printed border all round wins among nested ones this close in score
 
 
@@ -87,16 +89,29 @@ def _disjoint(kept, idx) -> list:
     return out
 
 
-def _holds_cards(kept, areas, i, inside, several: bool) -> bool:
-    """Is outline i a group of cards: two or more cards standing its way inside it, or, when the photo may hold
-    several cards, two cards filling it, each about half of it (side by side, two cards look 5:7 together, on their
-    side)? A card's printed halves (name and artwork above a line, text below) look just like that, so with one card
-    expected they do not make a group."""
+def _holds_cards(kept, areas, i, inside) -> bool:
+    """Is outline i a group of cards: two or more cards standing its way inside it, or two cards filling it, each
+    about half of it (side by side, two cards look 5:7 together, on their side)? A card's printed halves (name and
+    artwork above a line, text below) can look like the latter; measured on simulated photos, treating them as a
+    group loses no single card and recovers neighbouring cards seen as one outline."""
     along = _disjoint(kept, [j for j in inside if _same_orientation(kept[j][0], kept[i][0])])
     if len(along) >= 2 and sum(areas[j] for j in along) > 0.4 * areas[i]:
         return True
-    halves = _disjoint(kept, [j for j in inside if 0.35 < areas[j] / areas[i]]) if several else []
+    halves = _disjoint(kept, [j for j in inside if 0.35 < areas[j] / areas[i]])
     return len(halves) >= 2 and sum(areas[j] for j in halves) > 0.75 * areas[i]
+
+
+def _aimed_first(kept, alive, shape) -> list:
+    """Outlines best first, except that among clear cards about as clear as the best, the one nearest the photo's
+    centre (the one the camera was aimed at) comes first."""
+    order = sorted(range(len(kept)), key=lambda i: -kept[i][1])
+    live = [i for i in order if alive[i]]
+    clear = [i for i in live if kept[i][1] >= max(CLEAR_MIN, kept[live[0]][1] - AIM_MARGIN)] if live else []
+    if len(clear) < 2:
+        return order
+    centre = np.array([shape[1], shape[0]], np.float64) / 2
+    aimed = min(clear, key=lambda i: np.linalg.norm(np.asarray(kept[i][0]).mean(0) - centre))
+    return [aimed] + [i for i in order if i != aimed]
 
 
 def select_cards(cands: list, rgb: np.ndarray, max_cards: int, bands: OutlineBands) -> list:
@@ -118,7 +133,7 @@ def select_cards(cands: list, rgb: np.ndarray, max_cards: int, bands: OutlineBan
         nested = [j for j in range(len(kept)) if j != i and alive[j] and areas[j] < 0.98 * areas[i]
                   and _inside(kept[j][0], outer) > 0.9]
         cards = [j for j in nested if kept[j][1] >= MIN_CONFIDENCE and 0.08 < areas[j] / areas[i] < 0.62]
-        if _holds_cards(kept, areas, i, cards, several=max_cards > 1):
+        if _holds_cards(kept, areas, i, cards):
             alive[i] = False  # a binder page or a pile: the cards inside are the answer
             continue
         # one object seen as nested outlines (sleeve, card, printed frame, and mixtures): keep the card's
@@ -156,7 +171,7 @@ def select_cards(cands: list, rgb: np.ndarray, max_cards: int, bands: OutlineBan
                                                                     not _same_orientation(kept[j][0], kept[best][0]))):
                 alive[j] = False
     chosen = []
-    for i in sorted(range(len(kept)), key=lambda i: -kept[i][1]):
+    for i in _aimed_first(kept, alive, rgb.shape):
         if alive[i] and kept[i][1] >= MIN_CONFIDENCE and all(
                 quad_iou(kept[i][0], c[0]) < 0.1 and _inside(kept[i][0], c[0]) < 0.5 for c in chosen):
             chosen.append(kept[i])

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cardlib.data.camera import simulate_crop, simulate_photo
+from cardlib.data.camera import draw_neighbours, simulate_crop, simulate_photo
 from cardlib.data.catalogue import Catalogue, scans_catalogue, scans_catalogue_from_store, synthetic_catalogue
 from cardlib.data.render import stable_seed
 from cardlib.data.splits import Splits, make_splits, photo_plan
@@ -69,13 +69,6 @@ def _save_rgb(path: Path, img: np.ndarray, quality: int = 92) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _neighbours(refs: dict, card_id: str, rng: np.random.Generator, k: int) -> list[np.ndarray]:
-    others = [c for c in refs if c != card_id]
-    if not others or k == 0:
-        return []
-    return [refs[c] for c in rng.choice(others, size=min(k, len(others)), replace=False)]
-
-
 def make_crop(photo, input_size: tuple[int, int], mode: str, seed: int, difficulty: float, ref: np.ndarray,
               holo: bool, gallery_bits: Optional[np.ndarray] = None) -> tuple[np.ndarray, dict]:
     """The crop every model and baseline sees: find_card on the photo, or a simulated finder crop.
@@ -124,7 +117,7 @@ def _photo_job(row: dict) -> dict:
     card_id = row["card_id"]
     rng = np.random.default_rng(row["seed"])
     holo = _JOB["variant"][card_id] != "normal"
-    neighbours = _neighbours(refs, card_id, rng, int(rng.integers(0, 3))) if rng.random() < 0.2 else []
+    neighbours = [refs[c] for c in draw_neighbours(list(refs), card_id, rng)]
     photo = simulate_photo(refs[card_id], row["seed"], tuple(d.photo_size), d.difficulty, neighbours=neighbours,
                            holo=holo)
     crop, found = make_crop(photo, tuple(d.input_size), d.crops, stable_seed("crop", row["seed"]), d.difficulty,
@@ -182,7 +175,8 @@ def rows_for(rows: list[dict], split: str, novel: Optional[bool] = None) -> list
     return [r for r in rows if r["split"] == split and (novel is None or r["novel"] == novel)]
 
 
-FINDER_SLICES = ("upside_down", "sleeve", "blur", "occlusion", "glare", "angle_deg", "background")
+FINDER_SLICES = ("upside_down", "sleeve", "blur", "occlusion", "glare", "angle_deg", "background", "scale", "cropped",
+                 "neighbours")
 
 
 def finder_quality(rows: list[dict], iou_min: float = 0.9) -> Optional[dict]:

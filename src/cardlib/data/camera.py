@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 BACKGROUNDS = ("wood", "desk", "fabric", "clutter", "playmat")
+AIM_SPREAD = 0.2  # with other cards in view, the card's centre lies within this × its size of the photo's centre
 _SKIN = ((224, 172, 140), (198, 140, 105), (160, 110, 80), (110, 74, 52), (236, 192, 164))
 
 
@@ -324,6 +325,15 @@ def _as_rgb_float(card_img: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- public API
 
+def draw_neighbours(card_ids: list[str], card_id: str, rng: np.random.Generator) -> list[str]:
+    """Other cards lying beside this one in its photo: none in most photos, one or two in about one in eight."""
+    others = [c for c in card_ids if c != card_id]
+    k = int(rng.integers(0, 3)) if rng.random() < 0.2 else 0
+    if not others or k == 0:
+        return []
+    return [str(c) for c in rng.choice(others, size=min(k, len(others)), replace=False)]
+
+
 def simulate_photo(card_img: np.ndarray, seed: int, photo_size: tuple[int, int] = (480, 640), difficulty: float = 1.0,
                    neighbours: list[np.ndarray] | None = None, holo: bool = False) -> Photo:
     """A phone-like photo of `card_img` (deterministic per seed); `holo` enables the rainbow foil sheen."""
@@ -362,6 +372,8 @@ def simulate_photo(card_img: np.ndarray, seed: int, photo_size: tuple[int, int] 
     centre = []
     for size, full in ((bw, PW), (bh, PH)):
         lo, hi = size / 2 - crop_allow * size, full - size / 2 + crop_allow * size
+        if neighbours:  # other cards in view: the camera is aimed at this one, which lies nearest the photo's centre
+            lo, hi = max(lo, full / 2 - AIM_SPREAD * size), min(hi, full / 2 + AIM_SPREAD * size)
         centre.append(rng.uniform(lo, hi) if hi > lo else full / 2)
     shift = np.array(centre) - (printed.max(0) + printed.min(0)) / 2
     src = np.array([[0, 0], [obj.shape[1], 0], [obj.shape[1], obj.shape[0]], [0, obj.shape[0]]], np.float32)
