@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from machine_speed import machine_speed
 
-from cardlib.data.camera import simulate_photo
+from cardlib.data.camera import draw_neighbours, simulate_photo
 from cardlib.data.catalogue import synthetic_catalogue
 from cardlib.find_card import corner_error, find_card, guess_upright, quad_iou
 from cardlib.hashing import GALLERY_ALTERNATIVES, card_hashes, gallery_check
@@ -65,8 +65,7 @@ def run_simulated(n: int, photo_size, difficulty: float, seed: int,
     for i in tqdm(range(n), desc=f"simulated {photo_size} d={difficulty}", disable=None):
         card = cat.by_id(ids[i % len(ids)])
         rng = np.random.default_rng([seed, i])
-        near = rng.choice([c for c in ids if c != card.card_id], size=int(rng.integers(1, 3)), replace=False) \
-            if neighbours else []
+        near = draw_neighbours(ids, card.card_id, rng, count=int(rng.integers(1, 3))) if neighbours else []
         ph = simulate_photo(cat.image(card.card_id), seed=seed * 100003 + i, photo_size=photo_size,
                             difficulty=difficulty, neighbours=[cat.image(c) for c in near], holo=card.variant != "normal")
         t0 = time.perf_counter()

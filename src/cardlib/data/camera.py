@@ -325,10 +325,12 @@ def _as_rgb_float(card_img: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- public API
 
-def draw_neighbours(card_ids: list[str], card_id: str, rng: np.random.Generator) -> list[str]:
-    """Other cards lying beside this one in its photo: none in most photos, one or two in about one in eight."""
+def draw_neighbours(card_ids: list[str], card_id: str, rng: np.random.Generator,
+                    count: int | None = None) -> list[str]:
+    """Other cards lying beside this one in its photo: `count` of them, or by default none in most photos and one or
+    two in about one in eight."""
     others = [c for c in card_ids if c != card_id]
-    k = int(rng.integers(0, 3)) if rng.random() < 0.2 else 0
+    k = count if count is not None else int(rng.integers(0, 3)) if rng.random() < 0.2 else 0
     if not others or k == 0:
         return []
     return [str(c) for c in rng.choice(others, size=min(k, len(others)), replace=False)]
