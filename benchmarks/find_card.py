@@ -73,7 +73,7 @@ def run_simulated(n: int, photo_size, difficulty: float, seed: int,
         times.append(time.perf_counter() - t0)
         # as recognize does: alternative outlines, the one matching a gallery card kept (not timed: a separate step)
         alts = find_card(ph.image, alternatives=GALLERY_ALTERNATIVES)
-        checked = alts[gallery_check([c.crop for c in alts], gallery)[0]] if alts else None
+        checked = alts[gallery_check(alts, gallery)[0]] if alts else None
         row = {"factors": ph.factors, "found": False, "err": None, "upright": None, "orient_ok": None, "forced_ok": None,
                "checked_found": bool(checked is not None and quad_iou(checked.corners, ph.corners) >= FOUND_IOU)}
         if res and quad_iou(res[0].corners, ph.corners) >= FOUND_IOU:

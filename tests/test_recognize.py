@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from cardlib.data.catalogue import synthetic_catalogue
+from cardlib.find_card import CardCandidate
 from cardlib.gallery import Gallery, OnnxEmbedder, TorchEmbedder, build_gallery
-from cardlib.hashing import card_hashes, gallery_check, hash_similarity
+from cardlib.hashing import GALLERY_MATCH_MIN, card_hashes, gallery_check, hash_similarity
 from cardlib.preprocess import Preprocess
 from cardlib.recognize import FusedMatcher, FusionWeights, choose_mix, fit_fusion, fit_unknown_threshold, recognize_photos
 
@@ -275,14 +276,25 @@ def test_recognize_photos_reports_bad_files_and_goes_on(cards, tmp_path):
 def test_gallery_check_keeps_the_outline_that_shows_a_gallery_card(cards):
     ids = list(cards)
     bits = card_hashes(PRE.resize_uint8(cards[c]) for c in ids)
-    card = PRE.resize_uint8(cards[ids[5]])
+    card, other = PRE.resize_uint8(cards[ids[5]]), PRE.resize_uint8(cards[ids[6]])
     rng = np.random.default_rng(1)
     not_a_card = cv2.resize(rng.integers(0, 255, (7, 5, 3)).astype(np.uint8), (PRE.width, PRE.height))
+
+    def cand(crop, x0=0):  # a candidate outline 100x140 px at x0: same x0, same object
+        q = np.float32([[x0, 0], [x0 + 100, 0], [x0 + 100, 140], [x0, 140]])
+        return CardCandidate(corners=q, crop=crop, confidence=0.9, upright=None)
+
     # the finder's first outline was wrong; the alternative shows the card upside down
-    k, sims = gallery_check([not_a_card, noisy(card[::-1, ::-1], 1)], bits)
+    k, sims = gallery_check([cand(not_a_card), cand(noisy(card[::-1, ::-1], 1), 10)], bits)
     assert k == 1 and sims[1] > sims[0] + 0.1
-    assert gallery_check([noisy(card, 2), not_a_card], bits)[0] == 0  # the right first choice stays
-    assert gallery_check([not_a_card, card], bits, margin=1.0)[0] == 0  # an alternative must win by the margin
+    assert gallery_check([cand(noisy(card, 2)), cand(not_a_card, 10)], bits)[0] == 0  # the right first choice stays
+    assert gallery_check([cand(not_a_card), cand(card, 10)], bits, margin=1.0)[0] == 0  # must win by the margin
+    # another card beside the one aimed at, seen more clearly: the aimed card keeps its place, since it is a card
+    aimed, clean = noisy(card, 8, sigma=80), other  # matches its card ~0.89, the clean one 1.0
+    k, sims = gallery_check([cand(aimed), cand(clean, 300)], bits)
+    assert k == 0 and sims[1] > sims[0] + 0.04 and sims[0] >= GALLERY_MATCH_MIN
+    # ... unless the finder's choice matches no card: then another object may replace it
+    assert gallery_check([cand(not_a_card), cand(clean, 300)], bits)[0] == 1
     with pytest.raises(ValueError, match="at least one"):
         gallery_check([], bits)
 

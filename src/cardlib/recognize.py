@@ -275,7 +275,7 @@ def recognize_photos(photos: Sequence[str | Path | np.ndarray], matcher: FusedMa
             rows.append({"photo": label, "error": f"{type(exc).__name__}: {exc}"})
             continue
         found = find_card(rgb, out_size=(pre.height, pre.width), max_cards=1, alternatives=GALLERY_ALTERNATIVES)
-        k = gallery_check([c.crop for c in found], matcher.gallery.hashes, matcher.gallery.hash_signs)[0] if found else 0
+        k = gallery_check(found, matcher.gallery.hashes, matcher.gallery.hash_signs)[0] if found else 0
         crops.append(found[k].crop if found else _center_card(rgb))
         rows.append({"photo": label, "found": bool(found)})
         where.append(len(rows) - 1)

@@ -86,7 +86,7 @@ def make_crop(photo, input_size: tuple[int, int], mode: str, seed: int, difficul
     if not cands:  # recognition falls back to the whole photo; evaluation does exactly the same
         crop = cv2.resize(photo.image, (input_size[1], input_size[0]), interpolation=cv2.INTER_AREA)
         return crop, {"found": False, "iou": 0.0, "finder_iou": 0.0, "corner_error": None, "confidence": 0.0}
-    k = gallery_check([c.crop for c in cands], gallery_bits)[0] if len(cands) > 1 else 0
+    k = gallery_check(cands, gallery_bits)[0] if len(cands) > 1 else 0
     c = cands[k]
     err = float(corner_error(c.corners, photo.corners))
     return c.crop, {"found": True, "iou": round(float(quad_iou(c.corners, photo.corners)), 4),
