@@ -300,3 +300,12 @@ def test_a_pair_outline_gives_way_to_the_card_the_camera_was_aimed_at():
     cands = [(card, 0.95), (top.astype(np.float64), 0.9)]
     border = outline_bands(img, [q for q, _ in cands]).border
     assert aimed_inside(list(cands), cands, border, img.shape)[0] is cands[0]
+
+
+@pytest.mark.parametrize("cy,rot", [(400, 0.0), (420, 3.0)])
+def test_card_cut_across_by_the_photo_edge_is_completed_to_5_7(cy, rot):
+    # a quarter of the card lies below the photo: three sides show; the fourth is where a 5:7 card ends
+    quad = card_quad(320, cy, 300, rot_deg=rot)
+    assert quad[:, 1].max() > H + 60
+    found = find_card(photo(3, quad))
+    assert found and quad_iou(found[0].corners, quad) > 0.95

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from cardlib.find_card_band import outline_bands
-from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, convex_ok, corner_error, order_geometric, quad_iou,
-                                        side_lengths)
+from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, card_aspect, convex_ok, corner_error, order_geometric,
+                                        quad_iou, side_lengths)
 from cardlib.find_card_mask import card_probability, mask_hulls
 from cardlib.find_card_rank import rank_outlines
 from cardlib.find_card_select import aimed_inside, select_cards
@@ -24,6 +24,7 @@ OUTLINES_KEPT = 40  # outlines kept (best scores first): the card's is nearly al
 OUTWARD_TRIES = 12  # best candidates also tried one printed border wider
 BORDER_FRAC = 0.08  # a card's plain border is ~4 % of its width on each side: 8 % on the full width
 ALTERNATIVE_MIN = 0.35  # weakest outline offered as an alternative to the chosen one
+CUT_SEEN_MIN = 0.6  # a card cut across by the photo's edge shows at least this much of its running sides
 UPRIGHT_MIN_CONFIDENCE = 0.75  # below this find_card reports orientation as unknown
 
 PhotoLike = Union[np.ndarray, Image.Image, str, Path]
@@ -105,7 +106,7 @@ def guess_upright(crop: np.ndarray) -> tuple[bool, float]:
 # ---------------------------------------------------------------- candidates
 
 
-def _quad_from_hull(hull: np.ndarray, w: int, h: int) -> Optional[np.ndarray]:
+def _quad_from_hull(hull: np.ndarray, w: int, h: int):
     """A quad from a convex hull: its four longest sides, extended (cut or rounded corners, a corner off the photo)."""
     peri = cv2.arcLength(hull, True)
     poly = cv2.approxPolyDP(hull, 0.015 * peri, True).reshape(-1, 2).astype(np.float64)
@@ -117,6 +118,8 @@ def _quad_from_hull(hull: np.ndarray, w: int, h: int) -> Optional[np.ndarray]:
     for axis, limit in ((0, 0), (1, 0), (0, w - 1), (1, h - 1)):
         on_frame |= (np.abs(poly[:, axis] - limit) < 3) & (np.abs(nxt[:, axis] - limit) < 3)
     length[on_frame] = -1
+    if (length > 0).sum() == 3 and on_frame.any():
+        return _cut_card_quads(poly, nxt, length, w, h)
     if (length > 0).sum() < 4:
         return None
     if len(poly) == 4:
@@ -131,6 +134,56 @@ def _quad_from_hull(hull: np.ndarray, w: int, h: int) -> Optional[np.ndarray]:
     quad = pp + t[:, None] * dp
     # an intersection far from the hull means neighbouring "sides" were nearly parallel: not a card outline
     return quad if np.abs(quad - poly.mean(0)).max() < peri / 2 else None
+
+
+def _meet(p, d, q, e) -> Optional[np.ndarray]:
+    """Where the line p + t d meets the line q + u e (None when they are nearly parallel)."""
+    den = d[0] * e[1] - d[1] * e[0]
+    if abs(den) < 1e-6 * np.linalg.norm(d) * np.linalg.norm(e):
+        return None
+    t = ((q[0] - p[0]) * e[1] - (q[1] - p[1]) * e[0]) / den
+    return p + t * d
+
+
+def _cut_card_quads(poly: np.ndarray, nxt: np.ndarray, length: np.ndarray, w: int, h: int) -> list:
+    """A card cut by the photo's edge across one side: three sides seen (two running off the photo, one across
+    them). Its fourth side lies off the photo where a 5:7 card would end, the side across being the short or the
+    long one: both readings, each with perspective undone (a nominal focal length, the optical centre at the
+    photo's centre). Readings whose fourth side would show inside the photo, or that would hide more than 40 % of
+    the card, are no cut card."""
+    keep = np.sort(np.argsort(-length)[:3])
+    p, d = poly[keep], nxt[keep] - poly[keep]
+    u = d / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-9)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    a, c = max(pairs, key=lambda ij: abs(float(np.dot(u[ij[0]], u[ij[1]]))))  # the two sides running off the photo
+    b = 3 - a - c
+    corner_a, corner_c = _meet(p[a], d[a], p[b], d[b]), _meet(p[c], d[c], p[b], d[b])
+    if corner_a is None or corner_c is None:
+        return []
+    across = float(np.linalg.norm(corner_c - corner_a))
+    # each running side points away from the side across, towards where it leaves the photo
+    mid = (poly[keep] + nxt[keep]) / 2
+    dirs = [u[k] * np.sign(np.dot(mid[k] - cnr, u[k]) or 1.0) for k, cnr in ((a, corner_a), (c, corner_c))]
+    centre, focal = np.array([w / 2, h / 2]), float(max(w, h))
+    out = []
+    for target in (CARD_ASPECT, 1 / CARD_ASPECT):  # across / running: the side across is short, or long
+        run = across / target
+        for _ in range(3):  # the run length that makes the rectangle behind the quad 5:7
+            quad = np.array([corner_a, corner_c, corner_c + run * dirs[1], corner_a + run * dirs[0]])
+            (x0, y0), (x1, y1) = quad[1] - quad[0], quad[2] - quad[1]
+            if x0 * y1 - y0 * x1 < 0:  # clockwise on screen, the side across first
+                quad = quad[[1, 0, 3, 2]]
+            seen = float(card_aspect(quad[None] - centre, focal)[0])  # across / running, perspective undone
+            if not np.isfinite(seen) or seen <= 0:
+                break
+            run *= seen / target
+        quad = np.array([corner_a, corner_c, corner_c + run * dirs[1], corner_a + run * dirs[0]])
+        far = (quad[2] + quad[3]) / 2
+        seen_run = max(length[a], length[c])  # a card cut by more than ~40 % is beyond recognition anyway
+        if (not (0 <= far[0] <= w - 1 and 0 <= far[1] <= h - 1) and seen_run >= CUT_SEEN_MIN * run
+                and convex_ok(order_geometric(quad)[None])[0]):
+            out.append(quad)
+    return out
 
 
 def _contour_candidates(edges: np.ndarray, min_long: float) -> tuple[list, list]:
@@ -150,7 +203,9 @@ def _contour_candidates(edges: np.ndarray, min_long: float) -> tuple[list, list]
         if extent < min_long or cv2.contourArea(hull) < 0.3 * min_long * min_long:
             continue
         q = _quad_from_hull(hull, w, h)
-        if q is not None:
+        if isinstance(q, list):
+            quads += q
+        elif q is not None:
             quads.append(q)
         quads.append(cv2.boxPoints(cv2.minAreaRect(hull)))
     return quads, segs
@@ -379,7 +434,7 @@ def candidate_outlines(rgb: np.ndarray, min_height_frac: float = 0.15) -> Outlin
     mask = card_probability(small)
     for hull in mask_hulls(*mask, min_area=0.3 * min_long * min_long):
         q = _quad_from_hull(hull, sw, sh)
-        raw += ([] if q is None else [q]) + [cv2.boxPoints(cv2.minAreaRect(hull))]
+        raw += ([] if q is None else q if isinstance(q, list) else [q]) + [cv2.boxPoints(cv2.minAreaRect(hull))]
     raw = np.concatenate([np.array(raw, np.float64).reshape(-1, 4, 2),
                           _line_quads(_merge_lines(np.array(segs, np.float64).reshape(-1, 4), mag), min_long)])
     if not len(raw):
