@@ -309,3 +309,32 @@ def test_card_cut_across_by_the_photo_edge_is_completed_to_5_7(cy, rot):
     assert quad[:, 1].max() > H + 60
     found = find_card(photo(3, quad))
     assert found and quad_iou(found[0].corners, quad) > 0.95
+
+
+def test_the_cut_edge_around_a_printed_panel_is_offered_when_the_border_melts_into_the_table():
+    # a silver-bordered card on a table of the same grey: no edge where the card ends, only its printed panel
+    from cardlib.find_card_select import cut_edge_of_panel, offer_cut_edge
+
+    quad = card_quad(320, 240, 300, rot_deg=6)
+    rng = np.random.default_rng(0)
+    table = np.clip(np.full((H, W, 3), (210, 212, 218), np.float32) + rng.normal(0, 2, (H, W, 3)), 0, 255)
+    img = paste(table.astype(np.uint8), card_image(2), quad)
+    card = order_geometric(quad).astype(np.float64)
+    m = 0.045 * 250  # card_image's border, px of its 250 px width
+    inner = cv2.perspectiveTransform(np.float32([[m, m], [250 - m, m], [250 - m, 350 - m], [m, 350 - m]])[None],
+                                     cv2.getPerspectiveTransform(np.float32([[0, 0], [250, 0], [250, 350], [0, 350]]),
+                                                                 quad))[0]
+    panel = order_geometric(inner).astype(np.float64)
+    assert quad_iou(cut_edge_of_panel(panel), card) > 0.97
+    cands = [(panel, 0.9), (card, 0.5)]
+    border = outline_bands(img, [q for q, _ in cands]).border
+    assert not border[0]  # the panel has no plain border inside it
+    offered = offer_cut_edge(cands[:1], cands, border, img)
+    assert len(offered) == 2 and offered[0] is cands[0] and quad_iou(offered[1][0], card) > 0.97
+    # the whole way through: the card's outline is among what find_card offers a gallery check
+    assert best(find_card(img, alternatives=3), quad) > 0.95
+    # a card whose printed border shows inside its outline is a card, not a panel: nothing offered
+    img = photo(4, quad, card_seed=2)
+    cands = [(card, 0.9)]
+    border = outline_bands(img, [card]).border
+    assert border[0] and offer_cut_edge(cands[:1], cands, border, img) == cands[:1]
