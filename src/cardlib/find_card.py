@@ -22,7 +22,7 @@ __all__ = ["CardCandidate", "both_orientations", "corner_error", "detect_quads",
 WORK_SIDE = 640  # long side of the working copy: detection cost stays flat whatever the camera resolution
 OUTLINES_KEPT = 40  # outlines kept (best scores first): the card's is nearly always among them
 OUTWARD_TRIES = 12  # best candidates also tried one printed border wider
-BORDER_FRAC = 0.08  # a card's plain border is ~4 % of its width on each side: 8 % on the full width
+BORDER_FRAC = 0.08  # the outward try: a card's printed border on each side (PRINTED_BORDER), ~8 % on the full width
 ALTERNATIVE_MIN = 0.35  # weakest outline offered as an alternative to the chosen one
 CUT_SEEN_MIN = 0.6  # a card cut across by the photo's edge shows at least this much of its running sides
 UPRIGHT_MIN_CONFIDENCE = 0.75  # below this find_card reports orientation as unknown
@@ -106,12 +106,13 @@ def guess_upright(crop: np.ndarray) -> tuple[bool, float]:
 # ---------------------------------------------------------------- candidates
 
 
-def _quad_from_hull(hull: np.ndarray, w: int, h: int):
-    """A quad from a convex hull: its four longest sides, extended (cut or rounded corners, a corner off the photo)."""
+def _quads_from_hull(hull: np.ndarray, w: int, h: int) -> list:
+    """Card quads from a convex hull: its four longest sides, extended (cut or rounded corners, a corner off the
+    photo), or with three sides and the photo's edge, the readings of a card cut across (`_cut_card_quads`)."""
     peri = cv2.arcLength(hull, True)
     poly = cv2.approxPolyDP(hull, 0.015 * peri, True).reshape(-1, 2).astype(np.float64)
     if len(poly) < 4:
-        return None
+        return []
     nxt = np.roll(poly, -1, axis=0)
     length = np.linalg.norm(nxt - poly, axis=1)
     on_frame = np.zeros(len(poly), bool)  # the photo's edge clips the card there: not one of its sides
@@ -121,19 +122,19 @@ def _quad_from_hull(hull: np.ndarray, w: int, h: int):
     if (length > 0).sum() == 3 and on_frame.any():
         return _cut_card_quads(poly, nxt, length, w, h)
     if (length > 0).sum() < 4:
-        return None
+        return []
     if len(poly) == 4:
-        return poly
+        return [poly]
     keep = np.sort(np.argsort(-length)[:4])
     p, d = poly[keep], nxt[keep] - poly[keep]
     pp, dp = np.roll(p, 1, axis=0), np.roll(d, 1, axis=0)
     den = dp[:, 0] * d[:, 1] - dp[:, 1] * d[:, 0]
     if (np.abs(den) < 1e-6 * (np.linalg.norm(d, axis=1) * np.linalg.norm(dp, axis=1))).any():
-        return None
+        return []
     t = ((p[:, 0] - pp[:, 0]) * d[:, 1] - (p[:, 1] - pp[:, 1]) * d[:, 0]) / den
     quad = pp + t[:, None] * dp
     # an intersection far from the hull means neighbouring "sides" were nearly parallel: not a card outline
-    return quad if np.abs(quad - poly.mean(0)).max() < peri / 2 else None
+    return [quad] if np.abs(quad - poly.mean(0)).max() < peri / 2 else []
 
 
 def _meet(p, d, q, e) -> Optional[np.ndarray]:
@@ -202,11 +203,7 @@ def _contour_candidates(edges: np.ndarray, min_long: float) -> tuple[list, list]
         hull = cv2.convexHull(c)
         if extent < min_long or cv2.contourArea(hull) < 0.3 * min_long * min_long:
             continue
-        q = _quad_from_hull(hull, w, h)
-        if isinstance(q, list):
-            quads += q
-        elif q is not None:
-            quads.append(q)
+        quads += _quads_from_hull(hull, w, h)
         quads.append(cv2.boxPoints(cv2.minAreaRect(hull)))
     return quads, segs
 
@@ -433,8 +430,7 @@ def candidate_outlines(rgb: np.ndarray, min_height_frac: float = 0.15) -> Outlin
         segs += sg
     mask = card_probability(small)
     for hull in mask_hulls(*mask, min_area=0.3 * min_long * min_long):
-        q = _quad_from_hull(hull, sw, sh)
-        raw += ([] if q is None else q if isinstance(q, list) else [q]) + [cv2.boxPoints(cv2.minAreaRect(hull))]
+        raw += _quads_from_hull(hull, sw, sh) + [cv2.boxPoints(cv2.minAreaRect(hull))]
     raw = np.concatenate([np.array(raw, np.float64).reshape(-1, 4, 2),
                           _line_quads(_merge_lines(np.array(segs, np.float64).reshape(-1, 4), mag), min_long)])
     if not len(raw):

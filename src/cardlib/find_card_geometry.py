@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 CARD_ASPECT = 5 / 7  # width / height of a trading card (63 x 88 mm)
+PRINTED_BORDER = 0.045  # a card's plain printed border: this fraction of its width on every side (~3 of 63 mm)
 
 
 def side_lengths(q: np.ndarray) -> np.ndarray:

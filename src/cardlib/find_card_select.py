@@ -6,12 +6,11 @@ import cv2
 import numpy as np
 
 from cardlib.find_card_band import OutlineBands, band_view, side_bands
-from cardlib.find_card_geometry import CARD_ASPECT, order_geometric, quad_iou, side_lengths
+from cardlib.find_card_geometry import CARD_ASPECT, PRINTED_BORDER, order_geometric, quad_iou, side_lengths
 
 MIN_CONFIDENCE = 0.45  # below this a candidate is texture, not a card (tuned on card-free photos)
 AIM_MARGIN = 0.3  # clear cards within this of the best score are equally likely the one meant: the most central wins
 CLEAR_MIN = 0.75  # a clear card: what the rules trust to be one when several are in view
-PANEL_MARGIN = 0.045  # a card's plain printed border: this fraction of its width on every side
 BORDERED_MIN = 0.75  # an outline with a card's printed border all round wins among nested ones this close in score
 AIMED = 0.25  # a card aimed at: its centre within this × its extent (per axis) of the photo's centre
 
@@ -146,9 +145,9 @@ def aimed_inside(ranked: list, cands: list, border: np.ndarray, shape) -> list:
 
 
 def cut_edge_of_panel(panel: np.ndarray) -> np.ndarray:
-    """The card's cut edge around its printed panel (the quad inside its plain border; geometric order): the card
-    rectangle mapped through the panel's homography, so perspective is kept. Geometric order."""
-    w, h, m = 1.0, 1.0 / CARD_ASPECT, PANEL_MARGIN
+    """The card's cut edge (geometric order) around its printed panel (the quad inside its plain border, geometric
+    order): the card rectangle mapped through the panel's homography, so perspective is kept."""
+    w, h, m = 1.0, 1.0 / CARD_ASPECT, PRINTED_BORDER
     inner = np.float32([[m, m], [w - m, m], [w - m, h - m], [m, h - m]])
     hmat = cv2.getPerspectiveTransform(inner, np.asarray(panel, np.float32).reshape(4, 2))
     card = cv2.perspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]).reshape(-1, 1, 2), hmat)
