@@ -69,13 +69,20 @@ def is_plastic_edge(med_in: np.ndarray, med_out: np.ndarray) -> np.ndarray:
     return (residual < 14).sum(-1) >= 3
 
 
+def is_plain_inside(bands4) -> np.ndarray:
+    """From `side_bands(views, 4)`: is the band just inside all four sides one colour all round, without texture?
+    One bool per view."""
+    med_in, _, spread = bands4
+    consistent = np.linalg.norm(med_in - np.median(med_in, axis=-2, keepdims=True), axis=-1).max(-1) < 30
+    return consistent & (np.median(spread, axis=-1) < 40)
+
+
 def is_border_band(bands4) -> np.ndarray:
     """From `side_bands(views, 4)`: does a card's plain printed border (3-5 % of its width) run just inside all four
     sides (one colour all round, unlike outside)? One bool per view."""
-    med_in, med_out, spread = bands4
-    consistent = np.linalg.norm(med_in - np.median(med_in, axis=-2, keepdims=True), axis=-1).max(-1) < 30
+    med_in, med_out, _ = bands4
     differs = (np.linalg.norm(med_in - med_out, axis=-1) > 18).sum(-1) >= 3
-    return consistent & differs & (np.median(spread, axis=-1) < 40)
+    return is_plain_inside(bands4) & differs
 
 
 class OutlineBands(NamedTuple):
