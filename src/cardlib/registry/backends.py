@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
@@ -11,7 +10,8 @@ from typing import Mapping, Optional
 import numpy as np
 
 from cardlib.registry.publish import model_records
-from cardlib.store import ObjectInfo, Store, StoreError, materialize, sha256_file
+from cardlib.store import (ObjectInfo, Store, StoreError, cache_dir as store_cache_dir, materialize, sha256_file,
+                           validate_id)
 
 NAMES = {"teacher": "cardlib-teacher", "student_stage1": "cardlib-student-stage1",
          "student_stage2": "cardlib-student-stage2", "hailo": "cardlib-hailo"}
@@ -202,7 +202,9 @@ class MlflowRegistry(ModelRegistry):
             mv = self.client.get_model_version_by_alias(name, alias)
         except MlflowException as e:
             raise RegistryError(f"{name}@{alias}: not registered ({e.error_code})") from None
-        cache = Path(cache_dir or tempfile.mkdtemp(prefix="cardlib-model-"))
+        # a local version is read where it is; a remote one is downloaded once per name and version
+        cache = Path(cache_dir) if cache_dir else store_cache_dir("models", validate_id(name, "model name"),
+                                                                   validate_id(str(mv.version), "model version"))
         try:
             path = materialize(mv.source[7:] if mv.source.startswith("file://") else mv.source, cache)
         except StoreError as e:
