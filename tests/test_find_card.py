@@ -338,3 +338,31 @@ def test_the_cut_edge_around_a_printed_panel_is_offered_when_the_border_melts_in
     cands = [(card, 0.9)]
     border = outline_bands(img, [card]).border
     assert border[0] and offer_cut_edge(cands[:1], cands, border, img) == cands[:1]
+
+
+@pytest.mark.parametrize("quad", [[[100, 60], [260, 80], [250, 300], [90, 290]],  # portrait, in perspective
+                                  [[40, 100], [330, 110], [320, 300], [50, 290]],  # on its side
+                                  [[-20, -10], [200, 5], [190, 250], [-30, 240]]])  # partly off the photo
+def test_side_bands_are_the_pixels_of_the_whole_warped_view(quad):
+    from cardlib.find_card_band import CARD_PX, MARGIN, OUT, _strips, _to_view, sample_bands
+
+    img = np.random.default_rng(3).integers(0, 256, (320, 360, 3), dtype=np.uint8)
+    img = cv2.GaussianBlur(img, (0, 0), 2.0)  # smooth: bilinear reads agree within rounding
+    quad = np.float64(quad)
+    w, h, m = CARD_PX[0], CARD_PX[1], MARGIN
+    view = cv2.warpPerspective(img, _to_view(quad), (w + 2 * m, h + 2 * m), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT).astype(np.float32)
+    cx, cy = slice(m + w // 6, m + w - w // 6), slice(m + h // 8, m + h - h // 8)
+    bands = sample_bands(img, quad[None])
+    for lo, hi in ((-4, -1), (-3, -1), OUT):
+        a, b = (-hi, -lo) if lo < 0 else (lo, hi)
+        if lo < 0:  # inside: rows m+a .. m+b-1 from the top, mirrored from the bottom
+            top, bottom = view[m + a:m + b, cx], view[m + h - b:m + h - a, cx]
+            left, right = view[cy, m + a:m + b], view[cy, m + w - b:m + w - a]
+        else:  # outside: rows m-b .. m-a-1 above the top, mirrored below the bottom
+            top, bottom = view[m - b:m - a, cx], view[m + h + a:m + h + b, cx]
+            left, right = view[cy, m - b:m - a], view[cy, m + w + a:m + w + b]
+        tb, lr = _strips(bands, lo, hi)
+        for got, want in ((tb[0, 0], top), (tb[0, 1], bottom), (lr[0, 0], left), (lr[0, 1], right)):
+            assert got.shape == want.reshape(-1, 3).shape
+            assert np.abs(np.sort(got, axis=0) - np.sort(want.reshape(-1, 3), axis=0)).max() <= 1.0

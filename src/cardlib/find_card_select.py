@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cardlib.find_card_band import OutlineBands, band_view, is_plain_inside, side_bands
+from cardlib.find_card_band import OutlineBands, is_plain_inside, sample_bands, side_bands
 from cardlib.find_card_geometry import CARD_ASPECT, PRINTED_BORDER, order_geometric, quad_iou, side_lengths
 
 MIN_CONFIDENCE = 0.45  # below this a candidate is texture, not a card (tuned on card-free photos)
@@ -169,7 +169,7 @@ def offer_cut_edge(ranked: list, cands: list, border: np.ndarray, rgb: np.ndarra
     card = cut_edge_of_panel(ranked[0][0])
     if (card < -2).any() or (card[:, 0] > w + 1).any() or (card[:, 1] > h + 1).any():
         return ranked
-    plain = bool(is_plain_inside(side_bands(band_view(rgb, card)[None], 4))[0])  # a border's band, or the table
+    plain = bool(is_plain_inside(side_bands(sample_bands(rgb, card[None]), 4))[0])  # a border's band, or the table
     return ranked[:1] + [(card, ranked[0][1])] + ranked[1:] if plain else ranked
 
 
