@@ -333,6 +333,9 @@ def test_datasets_and_loader(cat, tmp_path):
     assert x.shape == (3, 160, 112) and x.dtype == torch.float32 and y == labels[cat.ids[2]]
     crop, ref, y = PairDataset(crops, cat)[1]
     assert crop.shape == ref.shape == (3, 160, 112) and y == 1
+    assert torch.equal(ref, pre(cat.image(cat.ids[1])))  # the reference tensor, made once per card
+    (tmp_path / f"{cat.ids[2]}.png").unlink()  # a crop is decoded once: later epochs read it from memory
+    assert torch.equal(crops[2][0], x)
     refs = ReferenceDataset(cat, pre, ids=cat.ids[3:5])
     assert len(refs) == 2 and refs[1][1] == labels[cat.ids[4]]
     with pytest.raises(ValueError, match="escapes"):

@@ -44,8 +44,14 @@ def default_labels(catalogue: Catalogue) -> dict[str, int]:
     return {cid: i for i, cid in enumerate(catalogue.ids)}
 
 
+CACHE_MB = 1024  # decoded crops of a dataset up to this size stay in memory: each epoch reads them again otherwise
+
+
 class CropDataset(Dataset):
-    """(crop tensor, label) from rows with `card_id` and an image `path` (or the data stage's `crop`) under `root`."""
+    """(crop tensor, label) from rows with `card_id` and an image `path` (or the data stage's `crop`) under `root`.
+
+    Decoded images are kept in memory after the first read (when they fit in CACHE_MB at the model's input size):
+    training reads every crop once an epoch."""
 
     def __init__(self, rows: Sequence[dict], root: str | Path, preprocess, label_of: dict[str, int],
                  augment: Optional[Augment] = None):
@@ -55,16 +61,35 @@ class CropDataset(Dataset):
             raise KeyError(f"rows name cards without a label: {missing[:5]}")
         self.labels = [int(label_of[r["card_id"]]) for r in self.rows]
         self.paths = [_resolve(self.root, _row_path(r)) for r in self.rows]
+        size_mb = len(self.rows) * preprocess.height * preprocess.width * 3 / 2**20
+        self._decoded: Optional[dict[int, np.ndarray]] = {} if size_mb <= CACHE_MB else None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def image(self, i: int) -> np.ndarray:
-        img = read_rgb(self.paths[i])
+        img = self._decoded.get(i) if self._decoded is not None else None
+        if img is None:
+            img = read_rgb(self.paths[i])
+            if self._decoded is not None:
+                self._decoded[i] = img
         return self.augment(img) if self.augment else img
 
     def __getitem__(self, i: int):
         return self.preprocess(self.image(i)), self.labels[i]
+
+
+class ReferenceTensors:
+    """Each card's reference image as the model's input tensor, made once (every epoch pairs photos with them)."""
+
+    def __init__(self, catalogue: Catalogue, preprocess):
+        self.catalogue, self.preprocess, self._tensors = catalogue, preprocess, {}
+
+    def __call__(self, card_id: str) -> torch.Tensor:
+        t = self._tensors.get(card_id)
+        if t is None:
+            t = self._tensors[card_id] = self.preprocess(self.catalogue.image(card_id))
+        return t
 
 
 class ReferenceDataset(Dataset):
@@ -92,13 +117,14 @@ class PairDataset(Dataset):
         self.crops, self.catalogue = crops, catalogue
         self.card_ids = [r["card_id"] for r in crops.rows]
         self.labels = crops.labels
+        self.reference = ReferenceTensors(catalogue, crops.preprocess)
 
     def __len__(self) -> int:
         return len(self.crops)
 
     def __getitem__(self, i: int):
         crop, label = self.crops[i]
-        return crop, self.crops.preprocess(self.catalogue.image(self.card_ids[i])), label
+        return crop, self.reference(self.card_ids[i]), label
 
 
 class SimulatedCropDataset(Dataset):
@@ -109,6 +135,7 @@ class SimulatedCropDataset(Dataset):
         self.catalogue, self.ids, self.preprocess = catalogue, list(ids), preprocess
         self.labels = [int(label_of[c]) for c in self.ids for _ in range(n_per_card)]
         self.n, self.difficulty, self.seed, self.epoch = n_per_card, difficulty, seed, 0
+        self.reference = ReferenceTensors(catalogue, preprocess)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -122,7 +149,7 @@ class SimulatedCropDataset(Dataset):
         holo = self.catalogue.by_id(cid).variant != "normal"
         crop, _ = simulate_crop(ref, stable_seed("simcrop", self.seed, self.epoch, i), (self.preprocess.height,
                                 self.preprocess.width), self.difficulty, holo=holo)
-        return self.preprocess(crop), self.preprocess(ref), self.labels[i]
+        return self.preprocess(crop), self.reference(cid), self.labels[i]
 
 
 def seed_worker(worker_id: int) -> None:
