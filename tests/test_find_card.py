@@ -366,3 +366,23 @@ def test_side_bands_are_the_pixels_of_the_whole_warped_view(quad):
         for got, want in ((tb[0, 0], top), (tb[0, 1], bottom), (lr[0, 0], left), (lr[0, 1], right)):
             assert got.shape == want.reshape(-1, 3).shape
             assert np.abs(np.sort(got, axis=0) - np.sort(want.reshape(-1, 3), axis=0)).max() <= 1.0
+
+
+def test_a_card_beside_the_one_aimed_at_gives_way_to_it_after_ranking():
+    # the ranker put a card lying beside the aimed one first (its edges were cleaner): the aim decides
+    from cardlib.find_card_select import aimed_card
+
+    shape = (480, 640, 3)
+    aimed = (order_geometric(card_quad(330, 250, 200)).astype(np.float64), 0.8)
+    beside = (order_geometric(card_quad(330 + 155, 250, 200)).astype(np.float64), 0.95)
+    frame = (order_geometric(card_quad(330, 250, 170)).astype(np.float64), 0.9)  # the aimed card's printed frame
+    assert aimed_card([beside, aimed, frame], shape) == [aimed, beside, frame]
+    # among the aimed card's own outlines the ranker's order stands: the best-ranked clear one comes first
+    assert aimed_card([beside, frame, aimed], shape) == [frame, beside, aimed]
+    # the best lies near the centre, or the central outline is faint, much smaller or inside it: the order stands
+    assert aimed_card([aimed, beside], shape) == [aimed, beside]
+    assert aimed_card([beside, (aimed[0], 0.6)], shape)[0] is beside
+    small = (order_geometric(card_quad(330, 250, 110)).astype(np.float64), 0.9)
+    assert aimed_card([beside, small], shape)[0] is beside
+    pair = (order_geometric(np.array([aimed[0][0], beside[0][1], beside[0][2], aimed[0][3]])).astype(np.float64), 0.9)
+    assert aimed_card([pair, aimed], shape)[0] is pair

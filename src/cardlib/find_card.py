@@ -14,7 +14,7 @@ from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, card_aspect, 
                                         quad_iou, side_lengths)
 from cardlib.find_card_mask import card_probability, mask_hulls
 from cardlib.find_card_rank import rank_outlines
-from cardlib.find_card_select import aimed_inside, offer_cut_edge, select_cards
+from cardlib.find_card_select import aimed_card, aimed_inside, offer_cut_edge, select_cards
 
 __all__ = ["CardCandidate", "both_orientations", "corner_error", "detect_quads", "find_card", "guess_upright",
            "load_rgb", "order_geometric", "quad_iou", "rectify"]
@@ -468,8 +468,8 @@ def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0
     bands = outline_bands(small, [q for q, _ in cands])  # what lies along each outline: for the rules and the ranker
     ranked = rank_outlines(cands, select_cards(cands, small, max_cards, bands), small, mask, bands)
     if max_cards == 1:  # one card asked for: the one the camera was aimed at
-        ranked = [offer_cut_edge(aimed_inside(r, cands, bands.border, small.shape), cands, bands.border, small)
-                  for r in ranked]
+        ranked = [offer_cut_edge(aimed_inside(aimed_card(r, small.shape), cands, bands.border, small.shape), cands,
+                                 bands.border, small) for r in ranked]
     chosen = [r[0] for r in ranked]
     for q, s in [c for r in ranked for c in r[1:]] + cands:  # the ranker's next-best readings first
         if alternatives <= 0:
