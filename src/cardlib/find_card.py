@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from cardlib.find_card_band import outline_bands
 from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, card_aspect, convex_ok, corner_error, order_geometric,
-                                        quad_iou, side_lengths)
+                                        quad_iou, side_lengths, stand_portrait)
 from cardlib.find_card_mask import card_probability, mask_hulls
 from cardlib.find_card_rank import rank_outlines
 from cardlib.find_card_select import aimed_card, aimed_inside, offer_cut_edge, select_cards
@@ -65,13 +65,10 @@ def load_rgb(photo: PhotoLike) -> np.ndarray:
 def rectify(photo: PhotoLike, corners: np.ndarray, out_size=(160, 112)) -> np.ndarray:
     """Perspective-warp the quad (TL,TR,BR,BL) to an RGB uint8 5:7 portrait of out_size (H, W)."""
     rgb = load_rgb(photo)
-    q = np.asarray(corners, np.float64).reshape(4, 2)
-    s = side_lengths(q[None])[0]
-    if s[0] + s[2] > s[1] + s[3]:
-        q = np.roll(q, 1, axis=0)  # landscape: the card lies on its side; its left side becomes the top
+    q = stand_portrait(np.asarray(corners, np.float64).reshape(4, 2))
     h, w = int(out_size[0]), int(out_size[1])
     # warp to twice the size, then area-downsample: a straight warp of a 12 MP photo to 160 px aliases badly
-    card_h = max(s)
+    card_h = side_lengths(q[None])[0].max()
     shrink = 4.0 * h / max(card_h, 1.0)
     if shrink < 0.5:
         rgb = cv2.resize(rgb, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)

@@ -6,6 +6,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from cardlib.find_card_geometry import stand_portrait
+
 PLASTIC = np.array([235.0, 238.0, 242.0])  # clear sleeve/toploader film seen against light: whitish, faintly blue
 CARD_PX = (112, 160)  # (W, H) of the card in the normalised view: sides are sampled at this resolution
 MARGIN = 12  # px of the normalised view kept outside the quad
@@ -40,10 +42,7 @@ _GRID = _band_grid()
 def _to_view(quad: np.ndarray) -> np.ndarray:
     """The homography taking the quad to the normalised CARD_PX portrait, MARGIN px in from the view's corner."""
     w, h = CARD_PX
-    q = np.asarray(quad, np.float32).reshape(4, 2)
-    s = np.linalg.norm(np.roll(q, -1, 0) - q, axis=1)
-    if s[0] + s[2] > s[1] + s[3]:
-        q = np.roll(q, 1, axis=0)  # on its side: keep the view portrait
+    q = stand_portrait(np.asarray(quad, np.float32).reshape(4, 2))
     dst = np.float32([[0, 0], [w, 0], [w, h], [0, h]]) + MARGIN
     return cv2.getPerspectiveTransform(q, dst)
 

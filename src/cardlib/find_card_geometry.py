@@ -14,6 +14,13 @@ def side_lengths(q: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.roll(q, -1, axis=1) - q, axis=2)
 
 
+def stand_portrait(q: np.ndarray) -> np.ndarray:
+    """A quad's corners (4, 2) rolled by one when it lies on its side (sides 0 and 2 the long ones), so that it
+    stands portrait: its left side becomes the top."""
+    s = side_lengths(np.asarray(q)[None])[0]
+    return np.roll(q, 1, axis=0) if s[0] + s[2] > s[1] + s[3] else q
+
+
 def order_geometric(quads: np.ndarray) -> np.ndarray:
     """Clockwise corners starting so that side 0-1 is a short side facing up (left, for a card on its side)."""
     q = np.asarray(quads, np.float64)
