@@ -26,7 +26,7 @@ QUALITY = {"00": ("cards", "train_cards", "novel_cards", "photos", "finder_found
            "02": ("test_top1_seen", "test_top1_novel", "retention_seen", "retention_novel", "agreement_mean_cos"),
            "03": ("test_top1_seen", "test_top1_novel", "retention_seen", "retention_novel", "agreement_mean_cos"),
            "04": ("parity_max_abs", "parity_min_cos", "ort_ms_per_image_b1"),
-           "05": ("hailo_path", "int8_top1_drop_seen", "int8_top1_drop_novel", "int8_mean_cos"),
+           "05": ("hailo_path", "int8_top1_drop_all", "int8_top1_drop_seen", "int8_top1_drop_novel", "int8_mean_cos"),
            "06": ("fused_top1_seen", "fused_top1_novel", "embedding_top1_seen", "embedding_top1_novel",
                   "hash_top1_seen", "hash_top1_novel", "open_set_unknown_recall", "open_set_right_rejected_rate",
                   "open_set_answered_accuracy", "open_set_accuracy_without_rejection", "gates_pass", "headline"),

@@ -69,6 +69,15 @@ def test_smoke_pipeline_on_a_local_store(local_run, capsys):
     assert lineage == {"teacher": None, "student_stage1": "teacher", "student_stage2": "student_stage1"}
 
 
+def test_hailo_stage_and_release_gate_measure_one_int8_drop(local_run):
+    tmp, run_id = local_run
+    run_dir = tmp / "runs" / run_id
+    hailo = json.loads((run_dir / "05_hailo_compile" / "hailo_summary.json").read_text())["metrics"]
+    gate = json.loads((run_dir / "06_evaluation" / "metrics.json").read_text())["gates"]["int8_drop"]
+    assert hailo["int8_top1_drop_all"] == pytest.approx(gate["value"], abs=1e-9)
+    assert hailo["int8_mean_cos"] > 0.99  # the emulation's integer sums do not saturate
+
+
 def test_recognize_with_the_published_bundle(local_run, capsys):
     tmp, run_id = local_run
     run_dir = tmp / "runs" / run_id

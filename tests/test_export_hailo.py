@@ -19,6 +19,7 @@ from cardlib.data.camera import simulate_crop
 from cardlib.data.catalogue import synthetic_catalogue
 from cardlib.export import (
     ParityError, assert_parity, check_parity, cosine_rows, export_onnx, onnx_embed, onnx_latency, onnx_metadata,
+    ort_session,
 )
 from cardlib.hailo import (
     HailoCompatError, HailoUnavailableError, add_compile_arguments, build_calibration_set, check_compatibility,
@@ -313,3 +314,27 @@ def test_onnx_latency_reports_per_batch_numbers(exported):
     assert lat["4"]["ms_per_image"] == pytest.approx(lat["4"]["ms_per_batch"] / 4)
     assert lat["1"]["images_per_s"] > 0
     assert "skipped" in onnx_latency(hailo, batch_sizes=(1, 4), runs=1, warmup=0, threads=1)["4"]
+
+
+def test_int8_graph_runs_with_exact_integer_sums(tmp_path):
+    """A 3x3 convolution of a white photo with large equal weights: 27 uint8 x int8 products of ~32,000 each.
+    ONNX Runtime's fused x86 U8S8 kernels add them in pairs in 16 bits and saturate (on CPUs without VNNI) where the
+    accelerator's integer arithmetic does not; the INT8 emulation must give the exact sum."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.ones((4, 3, 3, 3), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["out"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 160, 112])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 160, 112])],
+        [numpy_helper.from_array(w, "w")])
+    fp32 = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(fp32))
+    rng = np.random.default_rng(0)
+    calib = np.concatenate([np.full((1, 160, 112, 3), 255, np.uint8), np.zeros((1, 160, 112, 3), np.uint8),
+                            rng.integers(0, 256, (6, 160, 112, 3), dtype=np.uint8)])
+    q = quantize_int8(fp32, calib, PP, tmp_path / "conv_int8.onnx")
+    white = PP.normalize(np.full((1, 160, 112, 3), 255, np.uint8))
+    centre_fp32 = ort_session(fp32).run(None, {"input": white})[0][0, :, 80, 56]  # 27 x 2.64 = 71.3
+    centre_int8 = ort_session(q).run(None, {"input": white})[0][0, :, 80, 56]  # 9.8 when the sums saturate
+    np.testing.assert_allclose(centre_int8, centre_fp32, rtol=0.02)
