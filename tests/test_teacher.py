@@ -190,6 +190,35 @@ def test_retrieval_topk_counts_hits():
         retrieval_topk(queries, [0, 1], gallery, [0, 1, 2, 3])
 
 
+def test_retrieval_topk_takes_the_better_reading_of_each_query():
+    gallery = np.eye(4, dtype=np.float32)
+    upright = np.array([[0, 0, 1, 0.2], [0, 1, 0, 0]], dtype=np.float32)  # the first photo, read upright, looks like 2
+    turned = np.array([[1, 0, 0.1, 0], [0, 0, 0.3, 0.2]], dtype=np.float32)  # turned 180°, it is card 0
+    one = retrieval_topk(upright, [0, 1], gallery, [0, 1, 2, 3], k=(1,))
+    both = retrieval_topk(np.stack([upright, turned], axis=1), [0, 1], gallery, [0, 1, 2, 3], k=(1,))
+    assert one["top1"] == 0.5 and both["top1"] == 1.0 and both["n_queries"] == 2
+
+
+def test_turned_dataset_is_the_crop_read_upside_down():
+    from cardlib.find_card import both_orientations
+    from cardlib.preprocess import Preprocess
+    from cardlib.train.retrieval import Turned
+
+    pp = Preprocess()
+    crop = np.random.default_rng(0).integers(0, 256, (160, 112, 3), dtype=np.uint8)
+    crop[:20] = 255  # a bright top edge tells up from down
+
+    class One(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return pp(crop), 7
+
+    image, label = Turned(One())[0]
+    assert label == 7 and torch.equal(image, pp(both_orientations(crop)[1]))
+
+
 def test_profile_model_reports_flops_and_latency(tmp_path):
     model = _tiny()
     out = save_teacher(model, tmp_path / "t")

@@ -52,13 +52,35 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+class Turned(Dataset):
+    """A dataset's items with the image (CHW tensor, first element) turned 180°: the crop read upside down."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        return (torch.flip(item[0], dims=(-2, -1)), *item[1:])
+
+
 def retrieval_topk(query_emb: np.ndarray, query_labels: Sequence, gallery_emb: np.ndarray,
                    gallery_labels: Sequence, k: Sequence[int] = (1, 5), chunk: int = 1024) -> dict:
-    """Fraction of queries whose label is among the k cosine-nearest gallery items, for each k."""
-    q, g = _unit(query_emb), _unit(gallery_emb)
+    """Fraction of queries whose label is among the k cosine-nearest gallery items, for each k.
+
+    `query_emb` is (N, D), or (N, V, D) for V readings of each query (upright and turned 180°): a gallery item's
+    similarity is then its best over the readings, as the recogniser scores it."""
+    views = np.asarray(query_emb, dtype=np.float32)
+    views = views[:, None] if views.ndim == 2 else views
+    if views.ndim != 3:
+        raise ValueError(f"query embeddings must be (N, D) or (N, V, D), got shape {views.shape}")
+    q = _unit(views.reshape(-1, views.shape[-1])).reshape(views.shape)
+    g = _unit(gallery_emb)
     ql, gl = np.asarray(query_labels), np.asarray(gallery_labels)
-    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-        raise ValueError(f"embeddings must be (N, D) with equal D, got {q.shape} and {g.shape}")
+    if g.ndim != 2 or q.shape[2] != g.shape[1]:
+        raise ValueError(f"embeddings must have equal D, got {q.shape} and {g.shape}")
     if len(ql) != len(q) or len(gl) != len(g):
         raise ValueError("one label per embedding is required for queries and gallery")
     if len(q) == 0 or len(g) == 0:
@@ -67,7 +89,7 @@ def retrieval_topk(query_emb: np.ndarray, query_labels: Sequence, gallery_emb: n
     kmax = min(max(ks), len(g))
     hits = {kk: 0 for kk in ks}
     for s in range(0, len(q), chunk):
-        sims = q[s:s + chunk] @ g.T
+        sims = (q[s:s + chunk] @ g.T).max(axis=1)
         top = np.argsort(-sims, axis=1, kind="stable")[:, :kmax]
         match = gl[top] == ql[s:s + chunk, None]
         for kk in ks:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -24,7 +25,7 @@ from cardlib.train import ddp
 from cardlib.train.distill import (CachedTargets, WithTeacherRef, cosine_agreement, distill_stage1, distill_stage2,
                                    teacher_targets)
 from cardlib.train.loop import History, TrainConfig, resolve_device
-from cardlib.train.retrieval import embed, retrieval_topk
+from cardlib.train.retrieval import Turned, embed, retrieval_topk
 from cardlib.train.teacher import train_teacher
 
 TASKS = ("teacher", "stage1", "stage2")
@@ -73,9 +74,15 @@ class RunData:
         return sorted({r["card_id"] for r in self.rows if r["split"] == "train"}, key=self.label_of.get)
 
 
-def retrieval_metrics(model: torch.nn.Module, data: RunData, split: str = "val", gallery_emb=None) -> dict:
-    """top-1/top-5 of `split` photos of seen and of novel cards against the full gallery (all references)."""
+def retrieval_metrics(model: torch.nn.Module, data: RunData, split: str = "val", gallery_emb=None,
+                      both_orientations: Optional[bool] = None) -> dict:
+    """top-1/top-5 of `split` photos of seen and of novel cards against the full gallery (all references).
+
+    Test photos are read upright and turned 180° (the better reading counts), as the recogniser, the evaluation
+    stage and its release gates read them, so the stages' test figures and retention are the gates' measure;
+    validation during training reads them upright only (`both_orientations` overrides either)."""
     device = next(model.parameters()).device
+    both = split == "test" if both_orientations is None else both_orientations
     if gallery_emb is None:
         gallery_emb, gallery_labels = embed(model, data.references(), device)
     else:
@@ -85,7 +92,10 @@ def retrieval_metrics(model: torch.nn.Module, data: RunData, split: str = "val",
         rows = rows_for(data.rows, split, novel)
         if not rows:
             continue
-        q, ql = embed(model, data.crops(split, novel), device)
+        crops = data.crops(split, novel)
+        q, ql = embed(model, crops, device)
+        if both:
+            q = np.stack([q, embed(model, Turned(crops), device)[0]], axis=1)
         r = retrieval_topk(q, ql, gallery_emb, gallery_labels, k=(1, 5))
         out[f"{split}_top1_{tag}"], out[f"{split}_top5_{tag}"] = r["top1"], r["top5"]
     return out
