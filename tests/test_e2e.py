@@ -78,6 +78,17 @@ def test_hailo_stage_and_release_gate_measure_one_int8_drop(local_run):
     assert hailo["int8_mean_cos"] > 0.99  # the emulation's integer sums do not saturate
 
 
+def test_stage_reports_and_evaluation_measure_one_top1(local_run):
+    tmp, run_id = local_run
+    run_dir = tmp / "runs" / run_id
+    variants = {v["variant"]: v["reports"]["embedding"]
+                for v in json.loads((run_dir / "06_evaluation" / "metrics.json").read_text())["variants"]}
+    for stage, variant in (("01_teacher_training", "teacher"), ("03_distill_stage2", "student stage 2")):
+        stage_metrics = json.loads((run_dir / stage / "stage.json").read_text())["metrics"]
+        for tag in ("seen", "novel"):
+            assert stage_metrics[f"test_top1_{tag}"] == pytest.approx(variants[variant][tag]["top1"], abs=1e-9), (stage, tag)
+
+
 def test_recognize_with_the_published_bundle(local_run, capsys):
     tmp, run_id = local_run
     run_dir = tmp / "runs" / run_id
