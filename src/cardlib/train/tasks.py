@@ -74,15 +74,13 @@ class RunData:
         return sorted({r["card_id"] for r in self.rows if r["split"] == "train"}, key=self.label_of.get)
 
 
-def retrieval_metrics(model: torch.nn.Module, data: RunData, split: str = "val", gallery_emb=None,
-                      both_orientations: Optional[bool] = None) -> dict:
+def retrieval_metrics(model: torch.nn.Module, data: RunData, split: str = "val", gallery_emb=None) -> dict:
     """top-1/top-5 of `split` photos of seen and of novel cards against the full gallery (all references).
 
     Test photos are read upright and turned 180° (the better reading counts), as the recogniser, the evaluation
     stage and its release gates read them, so the stages' test figures and retention are the gates' measure;
-    validation during training reads them upright only (`both_orientations` overrides either)."""
+    validation during training reads them upright only, a cheaper signal for following the epochs."""
     device = next(model.parameters()).device
-    both = split == "test" if both_orientations is None else both_orientations
     if gallery_emb is None:
         gallery_emb, gallery_labels = embed(model, data.references(), device)
     else:
@@ -94,7 +92,7 @@ def retrieval_metrics(model: torch.nn.Module, data: RunData, split: str = "val",
             continue
         crops = data.crops(split, novel)
         q, ql = embed(model, crops, device)
-        if both:
+        if split == "test":
             q = np.stack([q, embed(model, Turned(crops), device)[0]], axis=1)
         r = retrieval_topk(q, ql, gallery_emb, gallery_labels, k=(1, 5))
         out[f"{split}_top1_{tag}"], out[f"{split}_top5_{tag}"] = r["top1"], r["top5"]
