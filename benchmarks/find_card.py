@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -130,7 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=300, help="simulated photos at the default difficulty")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "find_card.json")
-    ap.add_argument("--contact-sheet", type=Path, default=Path("/tmp"),
+    ap.add_argument("--contact-sheet", type=Path, default=Path(tempfile.gettempdir()),
                     help="folder for the real photos' crop sheet (never inside the repository)")
     ap.add_argument("--seed", type=int, default=7, help="photo seeds seed*100003+i (0 was used to tune the finder)")
     args = ap.parse_args()

@@ -12,7 +12,7 @@ from cardlib.data.build import rows_for
 from cardlib.data.datasets import read_rgb
 from cardlib.export import assert_parity, check_parity, export_onnx, onnx_latency
 from cardlib.evaluate import evaluate_retrieval
-from cardlib.gallery import OnnxEmbedder, build_gallery
+from cardlib.gallery import OnnxEmbedder, catalogue_gallery
 from cardlib.hailo import (build_calibration_set, check_compatibility, compile_command, compile_hef, hailo_available,
                            int8_agreement, model_script, quantize_int8, require_compatible, save_calibration)
 from cardlib.recognize import FusedMatcher
@@ -96,7 +96,7 @@ def onnx_retrieval(onnx_path: Path, data: RunData, split: str = "test") -> dict:
     (each crop upright and turned 180°, against every catalogue card embedded by the same file), on all, seen and
     novel photos of the split."""
     emb = OnnxEmbedder(onnx_path, data.preprocess)
-    gallery = build_gallery({c: data.catalogue.image(c) for c in data.catalogue.ids}, emb, None)
+    gallery = catalogue_gallery(data.catalogue, emb)
     rows = rows_for(data.rows, split)
     ids = [r["card_id"] for r in rows]
     scores = FusedMatcher(gallery, emb, method="embedding").scores([read_rgb(data.root / r["crop"]) for r in rows])

@@ -13,7 +13,7 @@ from cardlib.data.catalogue import synthetic_catalogue
 from cardlib.data.datasets import read_rgb
 from cardlib.evaluate import evaluate_retrieval, gallery_size_curve, gates, open_set_report, relevance_mask, \
     reprint_confusions
-from cardlib.gallery import Embedder, OnnxEmbedder, TorchEmbedder, build_gallery
+from cardlib.gallery import Embedder, OnnxEmbedder, TorchEmbedder, build_gallery, catalogue_gallery
 from cardlib.recognize import FusedMatcher, fit_fusion, fit_unknown_threshold
 from cardlib.train.stage import data_root, load_model
 from cardlib.train.tasks import RunData
@@ -94,9 +94,7 @@ def model_variants(ctx, data: RunData) -> list[Variant]:
 
 def evaluate_variant(v: Variant, data: RunData, val: EvalSet, test: EvalSet, shortlist_k: int, k: int) -> dict:
     """Gallery of all cards embedded by the variant; fusion fitted on validation crops; test reports per method."""
-    refs = {c: data.catalogue.image(c) for c in data.catalogue.ids}
-    meta = {c.card_id: {"name": c.name, "set": c.set_id, "number": c.collector_number} for c in data.catalogue}
-    gallery = build_gallery(refs, v.embedder, meta)
+    gallery = catalogue_gallery(data.catalogue, v.embedder)
     matcher = FusedMatcher(gallery, v.embedder)
     weights = fit_fusion(matcher, val.crops, val.ids, shortlist_k=shortlist_k, groups=val.mask(True))
     s = matcher.signals(test.crops)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def cmd_gallery_build(args) -> int:
     from cardlib.data.catalogue import scans_catalogue
-    from cardlib.gallery import Gallery, OnnxEmbedder, build_gallery
+    from cardlib.gallery import Gallery, OnnxEmbedder, catalogue_gallery
 
     catalogue = scans_catalogue(args.scans, args.metadata)
     bad = catalogue.check_images()
@@ -17,8 +17,7 @@ def cmd_gallery_build(args) -> int:
     if bad:
         catalogue = catalogue.drop([c for c, _ in bad])
     embedder = OnnxEmbedder(args.model)
-    meta = {c.card_id: {"name": c.name, "set": c.set_id, "number": c.collector_number} for c in catalogue}
-    new = build_gallery({c: catalogue.image(c) for c in catalogue.ids}, embedder, meta)
+    new = catalogue_gallery(catalogue, embedder)
     out = Path(args.out)
     if args.append and (out / "gallery.json").is_file():
         gallery = Gallery.load(out).append(new)
