@@ -35,6 +35,26 @@ def test_fitted_ranker_picks_the_card_at_least_as_often_as_the_rules(train_examp
     assert rates["ranker"] > 0.5
 
 
+def test_hidden_units_learn_what_a_linear_score_cannot():
+    # the card's outline is the one where two features agree (both high or both low): an interaction, like "a ring
+    # outside matters only where the card-mask network agrees". No weighting of the two alone ranks it first.
+    rng = np.random.default_rng(0)
+    a, b = FEATURES.index("mask_agreement"), FEATURES.index("ring_outside")
+    pools = []
+    for _ in range(200):
+        x = rng.normal(size=(4, len(FEATURES)))
+        x[:, a] = [1, 1, -1, -1]
+        x[:, b] = [1, -1, 1, -1]
+        card = int(rng.choice([0, 3]))  # agreeing: (1, 1) or (-1, -1); the other agreeing row is a decoy...
+        x[3 - card, b] *= -1  # ...made to disagree, so exactly one outline agrees
+        iou = np.zeros(4)
+        iou[card] = 0.95
+        pools.append((x, iou))
+    linear = pick_rates(pools, fit_ranker(pools, hidden=0))["ranker"]
+    hidden = pick_rates(pools, fit_ranker(pools, hidden=8))["ranker"]
+    assert linear < 0.75 and hidden > 0.95
+
+
 def test_without_shipped_weights_the_rules_choice_stands(train_examples, monkeypatch):
     import cardlib.find_card_rank as rank
     monkeypatch.setattr(rank, "_weights", lambda: None)
@@ -56,3 +76,23 @@ def test_shipped_weights_match_the_features_and_beat_the_rules_on_fresh_photos()
     assert all(np.isfinite(d[k]).all() and len(d[k]) == len(FEATURES) for k in ("mean", "scale", "coef"))
     rates = pick_rates(examples(23, 40), d)
     assert rates["ranker"] >= rates["rules"]
+
+
+def test_aim_features_mark_a_clear_card_beside_a_more_central_one():
+    from cardlib.find_card_band import outline_bands
+    from cardlib.find_card_mask import card_probability
+    from cardlib.find_card_rank import candidate_features
+
+    def card_at(cx, cy, height):  # an upright 5:7 card outline, geometric order
+        w = height * 5 / 7
+        return np.array([[cx - w / 2, cy - height / 2], [cx + w / 2, cy - height / 2], [cx + w / 2, cy + height / 2],
+                         [cx - w / 2, cy + height / 2]])
+
+    aimed, beside, far_box = card_at(320, 240, 200), card_at(540, 250, 190), card_at(560, 60, 60)
+    rgb = np.random.default_rng(0).integers(90, 160, (480, 640, 3)).astype(np.uint8)
+    cands = [(beside, 0.95), (aimed, 0.9), (far_box, 0.9)]  # the card beside has the cleaner edges
+    x = candidate_features(cands, beside, rgb, card_probability(rgb), outline_bands(rgb, [q for q, _ in cands]))
+    col = {f: x[:, FEATURES.index(f)] for f in ("off_centre", "aimed_rival", "clear_apart")}
+    assert col["off_centre"][1] < 0.1 < col["off_centre"][0]
+    assert list(col["aimed_rival"]) == [1.0, 0.0, 0.0]  # a small box is no rival: not a card's size
+    assert list(col["clear_apart"]) == [0.5, 0.5, 0.0]

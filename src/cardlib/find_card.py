@@ -13,7 +13,7 @@ from cardlib.find_card_band import outline_bands
 from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, card_aspect, convex_ok, corner_error, order_geometric,
                                         quad_iou, side_lengths, stand_portrait)
 from cardlib.find_card_mask import card_probability, mask_hulls
-from cardlib.find_card_rank import rank_outlines
+from cardlib.find_card_rank import OUTLINE_MIN, rank_outlines
 from cardlib.find_card_select import aimed_card, aimed_inside, offer_cut_edge, select_cards
 
 __all__ = ["CardCandidate", "both_orientations", "corner_error", "detect_quads", "find_card", "guess_upright",
@@ -23,7 +23,6 @@ WORK_SIDE = 640  # long side of the working copy: detection cost stays flat what
 OUTLINES_KEPT = 40  # outlines kept (best scores first): the card's is nearly always among them
 OUTWARD_TRIES = 12  # best candidates also tried one printed border wider
 BORDER_FRAC = 0.08  # the outward try: a card's printed border on each side (PRINTED_BORDER), ~8 % on the full width
-ALTERNATIVE_MIN = 0.35  # weakest outline offered as an alternative to the chosen one
 CUT_SEEN_MIN = 0.6  # a card cut across by the photo's edge shows at least this much of its running sides
 UPRIGHT_MIN_CONFIDENCE = 0.75  # below this find_card reports orientation as unknown
 
@@ -471,7 +470,7 @@ def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0
     for q, s in [c for r in ranked for c in r[1:]] + cands:  # the ranker's next-best readings first
         if alternatives <= 0:
             break
-        if s >= ALTERNATIVE_MIN and all(quad_iou(q, c[0]) < 0.9 for c in chosen):
+        if s >= OUTLINE_MIN and all(quad_iou(q, c[0]) < 0.9 for c in chosen):
             chosen.append((q, s))
             alternatives -= 1
     return [(order_geometric((q + 0.5) / scale - 0.5), s) for q, s in chosen]

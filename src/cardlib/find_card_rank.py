@@ -4,8 +4,10 @@ The rules in `find_card_select` pick one outline per object from edge evidence, 
 simulated photos the card's true outline is often among the candidates when the rules pick another one (its printed
 inner frame, a sleeve, a box on the table). The ranker scores every candidate from the rules' choice, its edge score,
 its nesting (outlines a border's width outside or inside it), the printed border and clear plastic along its sides,
-its size, its position and its agreement with the card-mask network (`find_card_mask`), with weights fitted on
-simulated photos (`find_card_rank_fit`): the best outline of each chosen object is the card's, the next ones are
+its size, its position, where the camera was aimed (a clear card of its size nearer the photo's centre) and its
+agreement with the card-mask network (`find_card_mask`): a linear score plus a small tanh layer over the same
+features (interactions such as "off-centre matters only when another clear card is in view"), with weights fitted
+on simulated photos (`find_card_rank_fit`): the best outline of each chosen object is the card's, the next ones are
 the alternatives `find_card` offers to a gallery check. The weights are a small JSON file shipped with the package
 (`find_card_ranker.json`).
 """
@@ -21,13 +23,14 @@ import numpy as np
 from cardlib.find_card_band import OutlineBands
 from cardlib.find_card_geometry import quad_iou
 from cardlib.find_card_mask import mask_agreement
-from cardlib.find_card_select import _area, ring_gaps
+from cardlib.find_card_select import CLEAR_MIN, _area, off_centre, ring_gaps
 
 WEIGHTS = Path(__file__).with_name("find_card_ranker.json")
+OUTLINE_MIN = 0.35  # the weakest edge score of an outline that may replace the rules' choice or be offered beside it
 FEATURES = ("score", "score_to_top", "score_rank", "chosen", "iou_chosen", "log_area_photo", "log_area_chosen",
             "border_band", "plastic_edge", "ring_outside", "ring_inside", "cards_inside", "inside_larger",
             "outside_photo", "centre_offset", "inside_uneven", "outside_uneven", "in_out_contrast", "in_out_weakest",
-            "inside_spread", "mask_agreement")
+            "inside_spread", "mask_agreement", "off_centre", "aimed_rival", "clear_apart")
 
 
 def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray, mask: tuple,
@@ -54,6 +57,13 @@ def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray, ma
     within = others & (areas[:, None] > 0.6 * areas[None, :]) & (areas[:, None] < 0.98 * areas[None, :]) \
         & (covered > 0.9)  # within[i, k]: i lies inside a rival k not much larger
     in_out = np.linalg.norm(med_in - med_out, axis=-1)
+    # the camera is aimed at the card: how far off the photo's centre each outline lies (in its own extent), and
+    # whether a clear outline of about its size, apart from it, lies nearer the centre (a card beside it)
+    off = np.minimum([off_centre(q, rgb.shape) for q in quads], 3.0)
+    apart = (covered < 0.2) & (covered.T < 0.2)
+    similar = (areas[None, :] > 0.4 * areas[:, None]) & (areas[None, :] < 2.5 * areas[:, None])
+    rivals = apart & similar & (scores[None, :] >= CLEAR_MIN)
+    aimed_rival = (rivals & (off[None, :] + 0.1 < off[:, None])).any(1)
     columns = {
         "score": scores, "score_to_top": scores / max(scores.max(), 1e-6),
         "score_rank": np.minimum(np.arange(n), 10) / 10.0,
@@ -72,15 +82,19 @@ def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray, ma
         "outside_uneven": np.linalg.norm(med_out - np.median(med_out, axis=1, keepdims=True), axis=-1).max(1) / 100.0,
         "in_out_contrast": np.median(in_out, axis=1) / 100.0, "in_out_weakest": in_out.min(1) / 100.0,
         "inside_spread": np.median(spread, axis=1) / 100.0, "mask_agreement": agreement,
+        "off_centre": off, "aimed_rival": aimed_rival,
+        "clear_apart": np.minimum(rivals.sum(1), 2) / 2,
     }
     return np.stack([np.asarray(columns[f], np.float64) for f in FEATURES], axis=1).reshape(-1, len(FEATURES))
 
 
 def pool_for(cands: list, chosen: tuple, n_chosen: int) -> list:
-    """The candidates that may replace one chosen outline: with one card chosen, all of them (best score first);
-    with several, those of the same object (overlapping it). The chosen outline is always among them."""
+    """The candidates that may replace one chosen outline: with one card chosen, all of them with an edge score of
+    at least OUTLINE_MIN (best score first); with several, those of the same object (overlapping it). The chosen
+    outline is always among them. Without the floor a fitted ranker preferred a faint outline (edge score 0.34) a
+    border's width outside a clear card: its sides have no edge to speak of."""
     q = chosen[0]
-    pool = sorted(cands, key=lambda c: -c[1])
+    pool = sorted((c for c in cands if c[1] >= OUTLINE_MIN), key=lambda c: -c[1])
     if n_chosen > 1:
         pool = [c for c in pool if quad_iou(c[0], q) > 0.5]
     if not any(np.abs(np.asarray(c[0]) - q).max() < 1e-6 for c in pool):
@@ -104,10 +118,14 @@ def _coverage(quads: list) -> np.ndarray:
 
 
 def weight_arrays(weights: dict) -> tuple:
-    """(mean, scale, coef) arrays of a weights dict (the shipped JSON, or `fit_ranker`'s result)."""
+    """(mean, scale, coef, hidden) arrays of a weights dict (the shipped JSON, or `fit_ranker`'s result); `hidden`
+    is (W (H, F), b (H,), v (H,)) of the tanh layer, or None for a linear ranker."""
     if tuple(weights["features"]) != FEATURES:
         raise ValueError(f"ranker features {weights['features']} do not match this cardlib's {list(FEATURES)}")
-    return tuple(np.asarray(weights[k], np.float64) for k in ("mean", "scale", "coef"))
+    linear = tuple(np.asarray(weights[k], np.float64) for k in ("mean", "scale", "coef"))
+    hidden = tuple(np.asarray(weights[k], np.float64) for k in ("hidden_w", "hidden_b", "hidden_out")) \
+        if weights.get("hidden_w") else None
+    return (*linear, hidden)
 
 
 @lru_cache(maxsize=1)
@@ -122,8 +140,13 @@ def outline_scores(x: np.ndarray, weights=None) -> np.ndarray:
     wts = weights or _weights()
     if wts is None:
         return x[:, FEATURES.index("chosen")]
-    mean, scale, coef = wts
-    return ((x - mean) / scale) @ coef
+    mean, scale, coef, hidden = wts
+    z = (x - mean) / scale
+    score = z @ coef
+    if hidden is not None:
+        w, b, v = hidden
+        score = score + np.tanh(z @ w.T + b) @ v
+    return score
 
 
 def pool_features(cands: list, chosen: tuple, n_chosen: int, rgb: np.ndarray, mask: tuple,
