@@ -51,22 +51,26 @@ def _pools(groups: list, mean: np.ndarray, scale: np.ndarray) -> tuple:
 
 
 def _fit(z, real, hit, hidden: int, weight_decay: float, steps: int) -> tuple:
-    """Full-batch Adam on the pools' softmax likelihood: linear coefficients, tanh layer (W, b, v)."""
+    """Full-batch Adam on the pools' softmax likelihood: linear coefficients, and the tanh layer's (W, b, v) or None
+    when `hidden` is 0."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(len(FEATURES), 1, bias=False)
     torch.nn.init.zeros_(linear.weight)
-    layer = torch.nn.Linear(len(FEATURES), max(hidden, 1))
-    out = torch.nn.Linear(max(hidden, 1), 1, bias=False)
-    params = list(linear.parameters()) + (list(layer.parameters()) + list(out.parameters()) if hidden else [])
+    layer = torch.nn.Sequential(torch.nn.Linear(len(FEATURES), hidden), torch.nn.Tanh(),
+                                torch.nn.Linear(hidden, 1, bias=False)) if hidden else None
+    params = list(linear.parameters()) + (list(layer.parameters()) if layer else [])
     opt = torch.optim.Adam(params, lr=0.01, weight_decay=weight_decay)
     for _ in range(steps):
         opt.zero_grad()
-        s = linear(z)[..., 0] + (out(torch.tanh(layer(z)))[..., 0] if hidden else 0.0)
+        s = linear(z)[..., 0] + (layer(z)[..., 0] if layer else 0.0)
         nll = torch.logsumexp(s.masked_fill(~real, -torch.inf), 1) - torch.logsumexp(s.masked_fill(~hit, -torch.inf), 1)
         nll.mean().backward()
         opt.step()
-    coef, w, b, v = (t.detach().double().numpy() for t in (linear.weight, layer.weight, layer.bias, out.weight))
-    return coef[0], w, b, v[0]
+    coef = linear.weight.detach().double().numpy()[0]
+    if not layer:
+        return coef, None
+    w, b, v = (t.detach().double().numpy() for t in (layer[0].weight, layer[0].bias, layer[2].weight))
+    return coef, (w, b, v[0])
 
 
 def fit_ranker(examples: list, weight_decay: float = 1e-3, hidden: int = 8, steps: int = 500) -> dict:
@@ -80,12 +84,12 @@ def fit_ranker(examples: list, weight_decay: float = 1e-3, hidden: int = 8, step
     groups = [(x, iou >= FOUND_IOU) for x, iou in rows if (iou >= FOUND_IOU).any()]
     if not groups:
         raise ValueError("no photo has the card's outline among its candidates: nothing to learn from")
-    coef, w, b, v = _fit(*_pools(groups, mean, scale), hidden, weight_decay, steps)
+    coef, tanh_layer = _fit(*_pools(groups, mean, scale), hidden, weight_decay, steps)
     weights = {"features": list(FEATURES), "mean": mean.tolist(), "scale": scale.tolist(), "coef": coef.tolist(),
                "weight_decay": weight_decay, "steps": steps, "photos": len(rows),
                "photos_with_card_outline": len(groups)}
-    if hidden:
-        weights.update(hidden_w=w.tolist(), hidden_b=b.tolist(), hidden_out=v.tolist())
+    if tanh_layer:
+        weights.update(zip(("hidden_w", "hidden_b", "hidden_out"), (a.tolist() for a in tanh_layer)))
     return weights
 
 

@@ -253,8 +253,8 @@ def build_gallery(reference_images: Mapping[str, np.ndarray], embedder: Embedder
     return Gallery(ids, names, meta, emb, hsh, model_id, pre.to_dict())
 
 
-def catalogue_gallery(catalogue, embedder: Embedder | None, **kw) -> Gallery:
+def catalogue_gallery(catalogue, embedder: Embedder) -> Gallery:
     """Every card of a catalogue (its reference images, name, set and number) embedded by `embedder`: the gallery
     the evaluation, the Hailo stage and `cardlib gallery build` search."""
     meta = {c.card_id: {"name": c.name, "set": c.set_id, "number": c.collector_number} for c in catalogue}
-    return build_gallery({c: catalogue.image(c) for c in catalogue.ids}, embedder, meta, **kw)
+    return build_gallery({c: catalogue.image(c) for c in catalogue.ids}, embedder, meta)
