@@ -368,21 +368,47 @@ def test_side_bands_are_the_pixels_of_the_whole_warped_view(quad):
             assert np.abs(np.sort(got, axis=0) - np.sort(want.reshape(-1, 3), axis=0)).max() <= 1.0
 
 
-def test_a_card_beside_the_one_aimed_at_gives_way_to_it_after_ranking():
-    # the ranker put a card lying beside the aimed one first (its edges were cleaner): the aim decides
-    from cardlib.find_card_select import aimed_card
 
-    shape = (480, 640, 3)
-    aimed = (order_geometric(card_quad(330, 250, 200)).astype(np.float64), 0.8)
-    beside = (order_geometric(card_quad(330 + 155, 250, 200)).astype(np.float64), 0.95)
-    frame = (order_geometric(card_quad(330, 250, 170)).astype(np.float64), 0.9)  # the aimed card's printed frame
-    assert aimed_card([beside, aimed, frame], shape) == [aimed, beside, frame]
-    # among the aimed card's own outlines the ranker's order stands: the best-ranked clear one comes first
-    assert aimed_card([beside, frame, aimed], shape) == [frame, beside, aimed]
-    # the best lies near the centre, or the central outline is faint, much smaller or inside it: the order stands
-    assert aimed_card([aimed, beside], shape) == [aimed, beside]
-    assert aimed_card([beside, (aimed[0], 0.6)], shape)[0] is beside
-    small = (order_geometric(card_quad(330, 250, 110)).astype(np.float64), 0.9)
-    assert aimed_card([beside, small], shape)[0] is beside
-    pair = (order_geometric(np.array([aimed[0][0], beside[0][1], beside[0][2], aimed[0][3]])).astype(np.float64), 0.9)
-    assert aimed_card([pair, aimed], shape)[0] is pair
+
+def test_an_outline_shaped_like_two_cards_is_cut_into_its_halves():
+    from cardlib.find_card import _halves
+
+    def pair(a, b):
+        return order_geometric(np.array([a[0], b[1], b[2], a[3]])).astype(np.float64)[None]
+
+    left = card_quad(250, 240, 200, rot_deg=8)
+    u = (left[1] - left[0]) / np.linalg.norm(left[1] - left[0])
+    right = left + u * (200 * 5 / 7 + 2)  # two cards 2 px apart, side by side
+    halves = _halves(pair(left, right))
+    assert len(halves) == 2
+    assert sorted(max(quad_iou(h, q) for h in halves) for q in (left, right))[0] > 0.97
+    top = card_quad(320, 130, 150, rot_deg=-4)
+    v = (top[3] - top[0]) / np.linalg.norm(top[3] - top[0])
+    below = top + v * 152  # one above the other
+    joint = order_geometric(np.array([top[0], top[1], below[2], below[3]])).astype(np.float64)[None]
+    assert sorted(max(quad_iou(h, q) for h in _halves(joint)) for q in (top, below))[0] > 0.97
+    # a card standing upright (or a little turned) is one card, not two
+    for rot in (0, 12, 180):
+        assert len(_halves(order_geometric(card_quad(320, 240, 300, rot_deg=rot))[None].astype(np.float64))) == 0
+
+
+@pytest.mark.parametrize("gap,rot,seed", [(0.5, 0, 3), (1.5, 5, 7)])
+def test_of_two_cards_a_pixel_apart_the_gallery_check_gets_the_one_aimed_at(gap, rot, seed, monkeypatch):
+    # small, slightly blurred cards whose edges touch: only their joint outline (10:7) stands out; its halves are
+    # offered, and the gallery check takes the card the camera was aimed at
+    import cardlib.find_card as fc
+    from cardlib.hashing import card_hashes, gallery_check
+
+    aimed = card_quad(320, 240, 120, rot_deg=rot)
+    u = (aimed[1] - aimed[0]) / np.linalg.norm(aimed[1] - aimed[0])
+    other = aimed + u * (120 * 5 / 7 + gap)
+    img = cv2.GaussianBlur(paste(paste(background(seed), card_image(1), aimed), card_image(3), other), (0, 0), 1.0)
+    gallery = card_hashes([cv2.resize(card_image(s), (112, 160), interpolation=cv2.INTER_AREA) for s in range(1, 9)])
+
+    def checked():
+        found = find_card(img, alternatives=3)
+        return quad_iou(found[gallery_check(found, gallery)[0]].corners, aimed)
+
+    assert checked() >= 0.9
+    monkeypatch.setattr(fc, "PAIR_TRIES", 0)  # without the halves the card's own outline is not among the candidates
+    assert checked() < 0.6

@@ -6,7 +6,8 @@ score is linear in the standardised features plus a small tanh layer, fitted on 
 other cards beside the card (as the data stage's). Measured with `find_card` end to end on 2,200 simulated photos
 of other seeds, against the linear score fitted on photos without other cards: with other cards in view 0.704 ->
 0.752 found (after the gallery check 0.778 -> 0.814; 32 photos gained, 8 lost), a card alone 0.908 -> 0.914
-(0.932 -> 0.933)."""
+(0.932 -> 0.933). Refitted when the candidates came to include the halves of outlines shaped like two cards
+(`find_card._halves`)."""
 from __future__ import annotations
 
 import json

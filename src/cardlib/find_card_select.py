@@ -14,7 +14,6 @@ CLEAR_MIN = 0.75  # a clear card: what the rules trust to be one when several ar
 BORDERED_MIN = 0.75  # an outline with a card's printed border all round wins among nested ones this close in score
 AIMED = 0.25  # a card aimed at: its centre within this × its extent (per axis) of the photo's centre
 PANEL_TRIES = 3  # the best outlines of an object that may be its printed panel (offer_cut_edge)
-AWAY = 0.4  # a card beside the one aimed at: its centre farther than this × its extent from the photo's centre
 
 
 def _area(q) -> float:
@@ -124,24 +123,6 @@ def off_centre(quad, shape, unit=None) -> float:
     u = q if unit is None else np.asarray(unit, np.float64)
     extent = np.maximum(u.max(0) - u.min(0), 1e-6)
     return float(np.max(np.abs(q.mean(0) - [shape[1] / 2, shape[0] / 2]) / extent))
-
-
-def aimed_card(ranked: list, shape) -> list:
-    """`ranked` (the outlines that may be the card, best first) with the card the camera was aimed at first when
-    the best outline is another card lying beside it: the best lies far off the photo's centre (more than AWAY of its
-    extent) while a clear card of about its size, apart from it, lies within AIMED of its own extent of the centre.
-    Its best-ranked clear outline comes first. Measured on simulated photos with other cards in view: 68 -> 74 of 100
-    found (the gallery check: 74 -> 81), 115 -> 118 of 150 after the check on others; none lost of 150 without."""
-    if len(ranked) < 2 or off_centre(ranked[0][0], shape) <= AWAY:
-        return ranked
-    top = ranked[0][0]
-    area = _area(top)
-    card = next((c for c in ranked[1:] if c[1] >= CLEAR_MIN and 0.4 < _area(c[0]) / area < 2.5
-                 and off_centre(c[0], shape) <= AIMED and quad_iou(c[0], top) < 0.1 and _inside(c[0], top) < 0.5
-                 and _inside(top, c[0]) < 0.5), None)
-    if card is None:
-        return ranked
-    return [card] + [c for c in ranked if c is not card]
 
 
 def aimed_inside(ranked: list, cands: list, border: np.ndarray, shape) -> list:
