@@ -368,8 +368,6 @@ def test_side_bands_are_the_pixels_of_the_whole_warped_view(quad):
             assert np.abs(np.sort(got, axis=0) - np.sort(want.reshape(-1, 3), axis=0)).max() <= 1.0
 
 
-
-
 def test_an_outline_shaped_like_two_cards_is_cut_into_its_halves():
     from cardlib.find_card import _halves
 
