@@ -274,34 +274,6 @@ def test_of_two_clear_cards_the_one_the_camera_was_aimed_at_comes_first(aimed_x,
     assert len(both) == 2 and quad_iou(both[0].corners, aimed) > 0.9 and quad_iou(both[1].corners, other) > 0.9
 
 
-def test_a_pair_outline_gives_way_to_the_card_the_camera_was_aimed_at():
-    # a card at the photo's centre with another beside it: their joint outline (10:7, like one card on its side)
-    # holds the aimed card; the aim decides which outline is the card
-    from cardlib.find_card_select import aimed_inside
-
-    def pair_photo(cx):
-        aimed, other = card_quad(cx, 240, 220), card_quad(cx + 167, 240, 220)
-        img = paste(photo(7, aimed, card_seed=1), card_image(4), other)
-        card = order_geometric(aimed).astype(np.float64)
-        pair = order_geometric(np.array([aimed[0], other[1], other[2], aimed[3]])).astype(np.float64)
-        cands = [(pair, 0.95), (card, 0.9)]
-        return img, cands, outline_bands(img, [q for q, _ in cands]).border
-
-    img, cands, border = pair_photo(320)
-    assert border[1]  # the card's printed border runs all round it
-    assert aimed_inside(list(cands), cands, border, img.shape)[0] is cands[1]
-    # not aimed at (the pair lies at the centre instead): the order stands
-    img, cands, border = pair_photo(237)
-    assert aimed_inside(list(cands), cands, border, img.shape)[0] is cands[0]
-    # a card's upper half (name and artwork) at the photo's centre is no card: no printed border all round it
-    card = order_geometric(card_quad(320, 315, 300)).astype(np.float64)
-    img = photo(7, card_quad(320, 315, 300))
-    top = order_geometric(np.array([card[0], card[1], (card[1] + card[2]) / 2, (card[0] + card[3]) / 2]))
-    cands = [(card, 0.95), (top.astype(np.float64), 0.9)]
-    border = outline_bands(img, [q for q, _ in cands]).border
-    assert aimed_inside(list(cands), cands, border, img.shape)[0] is cands[0]
-
-
 @pytest.mark.parametrize("cy,rot", [(400, 0.0), (420, 3.0)])
 def test_card_cut_across_by_the_photo_edge_is_completed_to_5_7(cy, rot):
     # a quarter of the card lies below the photo: three sides show; the fourth is where a 5:7 card ends

@@ -14,7 +14,7 @@ from cardlib.find_card_geometry import (CARD_ASPECT, aspect_score, card_aspect, 
                                         quad_iou, side_lengths, stand_portrait)
 from cardlib.find_card_mask import card_probability, mask_hulls
 from cardlib.find_card_rank import OUTLINE_MIN, rank_outlines
-from cardlib.find_card_select import aimed_inside, offer_cut_edge, select_cards
+from cardlib.find_card_select import offer_cut_edge, select_cards
 
 __all__ = ["CardCandidate", "both_orientations", "corner_error", "detect_quads", "find_card", "guess_upright",
            "load_rgb", "order_geometric", "quad_iou", "rectify"]
@@ -389,8 +389,9 @@ def _halves(quads: np.ndarray) -> np.ndarray:
     gallery check 0.814 -> 0.850 (21 photos gained, 3 lost); a card alone (900) 0.910 found either way (7 / 7),
     after the check 0.929 -> 0.932 (6 / 3)."""
     s = side_lengths(quads)
-    long02 = s[:, 0] + s[:, 2] >= s[:, 1] + s[:, 3]
-    ratio = np.maximum(s[:, 0] + s[:, 2], s[:, 1] + s[:, 3]) / (np.minimum(s[:, 0] + s[:, 2], s[:, 1] + s[:, 3]) + 1e-9)
+    sides02, sides13 = s[:, 0] + s[:, 2], s[:, 1] + s[:, 3]
+    long02 = sides02 >= sides13
+    ratio = np.maximum(sides02, sides13) / (np.minimum(sides02, sides13) + 1e-9)
     d = np.abs(np.roll(quads, -1, axis=1) - quads)  # (N,4,2) |dx|, |dy| of each side
     level = np.where(long02, d[:, 0, 0] + d[:, 2, 0] > d[:, 0, 1] + d[:, 2, 1],
                      d[:, 1, 0] + d[:, 3, 0] > d[:, 1, 1] + d[:, 3, 1])  # the long sides lie rather level
@@ -500,9 +501,8 @@ def detect_quads(rgb: np.ndarray, max_cards: int = 1, min_height_frac: float = 0
     cands, small, scale, mask = candidate_outlines(rgb, min_height_frac)
     bands = outline_bands(small, [q for q, _ in cands])  # what lies along each outline: for the rules and the ranker
     ranked = rank_outlines(cands, select_cards(cands, small, max_cards, bands), small, mask, bands)
-    if max_cards == 1:  # one card asked for: the one the camera was aimed at
-        ranked = [offer_cut_edge(aimed_inside(r, cands, bands.border, small.shape), cands,
-                                 bands.border, small) for r in ranked]
+    if max_cards == 1:  # one card asked for: its cut edge is offered when its outline may be its printed panel
+        ranked = [offer_cut_edge(r, cands, bands.border, small) for r in ranked]
     chosen = [r[0] for r in ranked]
     for q, s in [c for r in ranked for c in r[1:]] + cands:  # the ranker's next-best readings first
         if alternatives <= 0:

@@ -23,7 +23,7 @@ import numpy as np
 from cardlib.find_card_band import OutlineBands
 from cardlib.find_card_geometry import quad_iou
 from cardlib.find_card_mask import mask_agreement
-from cardlib.find_card_select import CLEAR_MIN, _area, off_centre, ring_gaps
+from cardlib.find_card_select import CLEAR_MIN, _area, ring_gaps
 
 WEIGHTS = Path(__file__).with_name("find_card_ranker.json")
 OUTLINE_MIN = 0.35  # the weakest edge score of an outline that may replace the rules' choice or be offered beside it
@@ -59,7 +59,7 @@ def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray, ma
     in_out = np.linalg.norm(med_in - med_out, axis=-1)
     # the camera is aimed at the card: how far off the photo's centre each outline lies (in its own extent), and
     # whether a clear outline of about its size, apart from it, lies nearer the centre (a card beside it)
-    off = np.minimum([off_centre(q, rgb.shape) for q in quads], 3.0)
+    off = np.minimum([_off_centre(q, rgb.shape) for q in quads], 3.0)
     apart = (covered < 0.2) & (covered.T < 0.2)
     similar = (areas[None, :] > 0.4 * areas[:, None]) & (areas[None, :] < 2.5 * areas[:, None])
     rivals = apart & similar & (scores[None, :] >= CLEAR_MIN)
@@ -86,6 +86,14 @@ def candidate_features(cands: list, chosen_quad: np.ndarray, rgb: np.ndarray, ma
         "clear_apart": np.minimum(rivals.sum(1), 2) / 2,
     }
     return np.stack([np.asarray(columns[f], np.float64) for f in FEATURES], axis=1).reshape(-1, len(FEATURES))
+
+
+def _off_centre(quad: np.ndarray, shape) -> float:
+    """How far the quad's centre lies from the photo's centre, per axis, in units of its own extent, the larger of
+    the two."""
+    q = np.asarray(quad, np.float64)
+    extent = np.maximum(q.max(0) - q.min(0), 1e-6)
+    return float(np.max(np.abs(q.mean(0) - [shape[1] / 2, shape[0] / 2]) / extent))
 
 
 def pool_for(cands: list, chosen: tuple, n_chosen: int) -> list:

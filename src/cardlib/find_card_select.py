@@ -12,7 +12,6 @@ MIN_CONFIDENCE = 0.45  # below this a candidate is texture, not a card (tuned on
 AIM_MARGIN = 0.3  # clear cards within this of the best score are equally likely the one meant: the most central wins
 CLEAR_MIN = 0.75  # a clear card: what the rules trust to be one when several are in view
 BORDERED_MIN = 0.75  # an outline with a card's printed border all round wins among nested ones this close in score
-AIMED = 0.25  # a card aimed at: its centre within this × its extent (per axis) of the photo's centre
 PANEL_TRIES = 3  # the best outlines of an object that may be its printed panel (offer_cut_edge)
 
 
@@ -114,35 +113,6 @@ def _aimed_first(kept, alive, shape) -> list:
     centre = np.array([shape[1], shape[0]], np.float64) / 2
     aimed = min(clear, key=lambda i: np.linalg.norm(np.asarray(kept[i][0]).mean(0) - centre))
     return [aimed] + [i for i in order if i != aimed]
-
-
-def off_centre(quad, shape, unit=None) -> float:
-    """How far the quad's centre lies from the photo's centre, per axis, in units of the extent of `unit` (default:
-    the quad itself), the larger of the two."""
-    q = np.asarray(quad, np.float64)
-    u = q if unit is None else np.asarray(unit, np.float64)
-    extent = np.maximum(u.max(0) - u.min(0), 1e-6)
-    return float(np.max(np.abs(q.mean(0) - [shape[1] / 2, shape[0] / 2]) / extent))
-
-
-def aimed_inside(ranked: list, cands: list, border: np.ndarray, shape) -> list:
-    """`ranked` (one object's outlines, best first) with a card aimed at put first when the best outline holds it
-    and lies off-centre: two cards side by side look like one card on its side (10:7 against 7:5), and when the
-    camera was aimed at one of them, its aim tells which outline is the card. The card must be clear, 30-65 % of
-    the outline's area, with a printed border all round (`border`: `outline_bands(...).border` of `cands`), its
-    centre within AIMED of its extent of the photo's centre while the outline's lies farther than that (in the
-    card's extent). Measured on simulated photos: with other cards in view 54 -> 59 of 100 found, without them no
-    card lost (139 of 150), a card's halves and artwork box inside it rarely qualify."""
-    if not ranked:
-        return ranked
-    outer = ranked[0][0]
-    area = _area(outer)
-    held = [k for k, (q, s) in enumerate(cands) if s >= CLEAR_MIN and border[k] and 0.3 < _area(q) / area < 0.65
-            and off_centre(q, shape) <= AIMED < off_centre(outer, shape, unit=q) and _inside(q, outer) > 0.9]
-    if not held:
-        return ranked
-    card = cands[max(held, key=lambda k: cands[k][1])]
-    return [card] + [c for c in ranked if c is not card]
 
 
 def cut_edge_of_panel(panel: np.ndarray) -> np.ndarray:
